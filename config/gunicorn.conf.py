@@ -1,0 +1,50 @@
+"""gunicorn settings for `./start.sh`, derived from the same validated config as the app.
+
+Workers times onnxruntime threads never exceeds the cores (see Settings.intra_op_threads), and
+gunicorn's graceful timeout outlasts the app's own drain so the master never kills a draining
+worker early.
+"""
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from server.settings import SettingsError, load_settings
+
+try:
+    _settings = load_settings()
+except SettingsError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(2)
+
+bind = [f"{_settings.server.host}:{_settings.server.port}"]
+workers = _settings.worker_count()
+worker_class = "server.worker.GracefulTornadoWorker"
+graceful_timeout = int(_settings.server.graceful_timeout_s) + 5
+timeout = 60  # heartbeat: a worker whose loop is stuck this long is replaced
+keepalive = int(_settings.server.idle_connection_timeout_s)
+preload_app = False  # models and Redis clients are made in each worker, after the fork
+accesslog = None  # the app logs each request itself, as JSON
+proc_name = "tts-server"
+
+# Metrics from every worker are summed through files in this directory.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tts-metrics-")
+else:
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def on_starting(server):
+    # Stale files from an earlier run would add old counts to the new ones.
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.remove(os.path.join(directory, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,1 @@
+"""Streaming text-to-speech server: Piper voices on onnxruntime behind Tornado, with tiered caching."""

@@ -1,0 +1,43 @@
+"""`python -m server`: one process, no gunicorn (development and tools); same drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from tornado.netutil import bind_sockets
+
+from server.app import make_app
+from server.logs import configure_logging
+from server.services import Services
+from server.settings import SettingsError, load_settings
+from server.worker import serve
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.logging)
+    sockets = bind_sockets(settings.server.port, settings.server.host)
+    app = make_app(settings, Services.build(settings))
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        await serve(app, sockets, lambda: not stopping)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

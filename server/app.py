@@ -1,0 +1,34 @@
+"""`make_app(settings, services)`: the route table and Tornado settings, nothing else."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from server.handlers.audio import AudioHandler
+from server.handlers.base import NotFoundHandler
+from server.handlers.health import HealthHandler, MetricsHandler, ReadyHandler
+from server.handlers.stream import StreamHandler
+from server.handlers.tts import TTSHandler
+from server.handlers.voices import VoicesHandler
+from server.services import Services
+from server.settings import Settings
+
+
+def make_app(settings: Settings, services: Services) -> tornado.web.Application:
+    routes = [
+        (r"/tts", TTSHandler),
+        (r"/tts/stream", StreamHandler),
+        (r"/audio/([^/]*)\.wav", AudioHandler),
+        (r"/voices", VoicesHandler),
+        (r"/healthz", HealthHandler),
+        (r"/readyz", ReadyHandler),
+        (r"/metrics", MetricsHandler),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        services=services,
+        compress_response=False,  # audio does not compress; JSON answers are small
+        xheaders=False,
+        serve_traceback=False,
+    )

@@ -1,0 +1,47 @@
+"""The cache key: one sha256 per distinct audio, the same in every process and on every machine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Final
+
+# Bump when the bytes produced for the same inputs change (framing, fades, chunking rules).
+AUDIO_FORMAT_VERSION: Final = 1
+KEY_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    """Everything that changes the synthesized bytes."""
+
+    voice_id: str
+    model_digest: str
+    speaker_id: int | None
+    text: str  # normalized
+    length_scale: float
+    noise_scale: float
+    noise_w: float
+    render: tuple[float, ...]  # gain, silence, fade and chunk limits from config
+
+
+def audio_key(parts: KeyParts) -> str:
+    payload = [
+        AUDIO_FORMAT_VERSION,
+        parts.voice_id,
+        parts.model_digest,
+        parts.speaker_id,
+        parts.text,
+        round(parts.length_scale, 4),
+        round(parts.noise_scale, 4),
+        round(parts.noise_w, 4),
+        [round(value, 4) for value in parts.render],
+    ]
+    canonical = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def is_key(value: str) -> bool:
+    return KEY_PATTERN.fullmatch(value) is not None

@@ -1,0 +1,60 @@
+"""The error hierarchy: each error knows its HTTP status, a stable code and a client-safe message.
+
+Services raise these; `handlers.base.BaseHandler.write_error` maps them to the JSON body
+`{"error": {"code": ..., "message": ...}}` in one place. Anything else is a 500 that reveals nothing.
+"""
+
+from __future__ import annotations
+
+
+class TTSError(Exception):
+    """Root of every error a client may see."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.headers = dict(headers or {})
+        if retry_after_s is not None:
+            self.headers["Retry-After"] = str(retry_after_s)
+
+
+class InvalidRequest(TTSError):
+    status, code = 400, "invalid_request"
+
+
+class UnknownVoice(TTSError):
+    status, code = 400, "unknown_voice"
+
+
+class TextTooLong(TTSError):
+    status, code = 413, "text_too_long"
+
+
+class NotFound(TTSError):
+    status, code = 404, "not_found"
+
+
+class RangeNotSatisfiable(TTSError):
+    status, code = 416, "range_not_satisfiable"
+
+
+class Overloaded(TTSError):
+    status, code = 503, "overloaded"
+
+
+class NotReady(TTSError):
+    status, code = 503, "not_ready"
+
+
+class StorageUnavailable(TTSError):
+    status, code = 503, "storage_unavailable"
+
+
+class SynthesisFailed(TTSError):
+    status, code = 500, "synthesis_failed"

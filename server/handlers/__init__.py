@@ -1,0 +1,1 @@
+"""HTTP handlers: thin. Parse and validate, call one service method, write."""

@@ -1,0 +1,182 @@
+"""The base handler: JSON errors mapped once, request ids, CORS, security headers, access log."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final
+
+import tornado.httputil
+import tornado.web
+from loguru import logger
+
+from server.errors import InvalidRequest, NotFound, TTSError
+from server.services import Services
+
+REQUEST_ID_HEADER: Final = "X-Request-ID"
+_SAFE_REQUEST_ID: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    route: str = "other"  # the metrics label: a route pattern, never a raw path
+
+    @property
+    def services(self) -> Services:
+        return self.application.settings["services"]  # type: ignore[no-any-return]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.started = time.perf_counter()
+        self.cache_tier: str | None = None
+        self.voice: str | None = None
+        self.text_chars: int | None = None
+        self.services.lifecycle.in_flight += 1
+        self._counted = True
+
+    def on_finish(self) -> None:
+        self._done()
+
+    def on_connection_close(self) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        if not getattr(self, "_counted", False):
+            return
+        self._counted = False
+        self.services.lifecycle.in_flight -= 1
+        elapsed = time.perf_counter() - self.started
+        status = self.get_status()
+        metrics = self.services.metrics
+        metrics.requests.labels(self.route, str(status)).inc()
+        metrics.latency.labels(self.route).observe(elapsed)
+        fields = {
+            "request_id": self.request_id,
+            "method": self.request.method,
+            "path": self.request.path,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "client": self.request.remote_ip,
+        }
+        if self.cache_tier:
+            fields["cache"] = self.cache_tier
+        if self.voice:
+            fields["voice"] = self.voice
+        if self.text_chars is not None:
+            fields["text_chars"] = self.text_chars
+        logger.bind(**fields).info("{} {} {}", self.request.method, self.request.path, status)
+
+    # -- headers -----------------------------------------------------------------------------
+
+    @property
+    def request_id(self) -> str:
+        if not hasattr(self, "_request_id"):
+            given = self.request.headers.get(REQUEST_ID_HEADER, "")
+            valid = 0 < len(given) <= 128 and set(given) <= _SAFE_REQUEST_ID
+            self._request_id = given if valid else uuid.uuid4().hex
+        return self._request_id
+
+    def set_default_headers(self) -> None:
+        self.set_header(REQUEST_ID_HEADER, self.request_id)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-store")
+        origin = self.request.headers.get("Origin")
+        if origin is not None:
+            self.add_header("Vary", "Origin")
+            if origin != "null" and origin in self.services.settings.server.cors_origins:
+                self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header(
+                    "Access-Control-Expose-Headers",
+                    "X-Request-ID, X-Audio-Sample-Rate, X-Audio-Channels, "
+                    "X-Audio-Format, X-Cache, Content-Length, Content-Range",
+                )
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight: allowed origins get the methods and headers they may use."""
+        if "Access-Control-Allow-Origin" in self._headers:
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, HEAD, OPTIONS")
+            self.set_header("Access-Control-Allow-Headers", "Content-Type, X-Request-ID, Range")
+            self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+
+    # -- input and output --------------------------------------------------------------------
+
+    def query_fields(self) -> dict[str, str]:
+        """Query arguments as single values; a repeated argument is ambiguous, so a 400."""
+        fields: dict[str, str] = {}
+        for name, values in self.request.query_arguments.items():
+            if len(values) != 1:
+                raise InvalidRequest(f"{name} is given more than once")
+            try:
+                fields[name] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequest(f"{name} is not valid UTF-8") from None
+        return fields
+
+    def json_fields(self) -> Mapping[str, Any]:
+        content_type = self.request.headers.get("Content-Type", "application/json")
+        if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+            raise InvalidRequest("the body must be application/json")
+        try:
+            body = json.loads(self.request.body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise InvalidRequest("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        return body
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error is JSON; unexpected ones are logged with their traceback and say nothing."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, TTSError):
+            code, message = exc.code, exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "bad_request")
+            message = exc.log_message if code == "bad_request" and exc.log_message else self._reason
+        else:
+            code, message = "internal_error", "internal server error"
+        self.clear_header("Content-Disposition")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, TTSError):
+            status_code = exc.status
+            self._reason = tornado.httputil.responses.get(status_code, "Error")
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, TTSError) and value.status < 500:
+            return  # a client mistake, already answered; the access line records it
+        if isinstance(value, TTSError | tornado.web.HTTPError):
+            logger.bind(request_id=self.request_id).warning(
+                "{} {}: {}", self.request.method, self.request.path, value
+            )
+            return
+        logger.bind(request_id=self.request_id).error(
+            "unhandled error on {} {}:\n{}",
+            self.request.method,
+            self.request.path,
+            "".join(traceback.format_exception(typ, value, tb)),
+        )
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path no route matches: a JSON 404 like every other error."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise NotFound("no such route")

@@ -1,0 +1,72 @@
+"""`/tts/stream`: chunked PCM (or a streaming WAV) sent as each chunk is synthesized."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from tornado.iostream import StreamClosedError
+
+from server.errors import InvalidRequest, TTSError
+from server.handlers.tts import SpeechHandler
+from server.synthesis.audio import CHANNELS, wav_header
+
+FORMATS: Final = ("pcm", "wav")
+
+
+class StreamHandler(SpeechHandler):
+    route = "/tts/stream"
+
+    async def get(self) -> None:
+        """Stream the speech for the query's text as it is synthesized."""
+        fields = self.query_fields()
+        audio_format = fields.pop("format", "pcm") or "pcm"
+        if audio_format not in FORMATS:
+            raise InvalidRequest(f"format must be one of {', '.join(FORMATS)}")
+        stream = await self.services.speech.stream(self.speech_request(fields))
+        self._stream = stream
+        self.cache_tier = stream.tier
+        metrics = self.services.metrics
+        metrics.active_streams.inc()
+        try:
+            chunks = stream.chunks()
+            # Errors before the first audio (nothing to speak, synthesis failure) still get a
+            # proper JSON status; after it, the only signal left is closing the connection.
+            first = await anext(chunks, b"")
+            self._write_headers(audio_format, stream.sample_rate, stream.tier, stream.key)
+            if audio_format == "wav":
+                self.write(wav_header(stream.sample_rate, None))
+            self.write(first)
+            await self.flush()
+            async for chunk in chunks:
+                self.write(chunk)
+                await self.flush()  # flow control: a slow reader paces us, memory stays bounded
+            self.finish()
+        except StreamClosedError:
+            pass  # the client went away; close() below stops the synthesis
+        except TTSError:
+            if not self._headers_written:
+                raise
+            # Audio was already sent: a status can no longer change, so end the response short.
+            self.request.connection.close()
+        finally:
+            stream.close()
+            metrics.active_streams.dec()
+
+    def on_connection_close(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.close()  # stop synthesizing now, not when the next chunk fails to send
+        super().on_connection_close()
+
+    def _write_headers(self, audio_format: str, sample_rate: int, tier: str, key: str) -> None:
+        if audio_format == "wav":
+            self.set_header("Content-Type", "audio/wav")
+        else:
+            self.set_header("Content-Type", "audio/pcm")
+            self.set_header("X-Audio-Format", "s16le")
+        self.set_header("X-Audio-Sample-Rate", str(sample_rate))
+        self.set_header("X-Audio-Channels", str(CHANNELS))
+        self.set_header("X-Audio-Hash", key)
+        self.set_header("X-Cache", tier)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")  # nginx would otherwise buffer the stream

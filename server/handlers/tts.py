@@ -1,0 +1,55 @@
+"""`/tts`: synthesize (or find) the audio and answer with a URL to its WAV."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from server.handlers.base import BaseHandler
+from server.request import SpeechRequest, parse_speech_request
+
+
+class SpeechHandler(BaseHandler):
+    """Shared parsing for the routes that take text, speed and voice."""
+
+    def speech_request(self, fields: Mapping[str, Any]) -> SpeechRequest:
+        synthesis = self.services.settings.synthesis
+        request = parse_speech_request(
+            fields, default_voice=synthesis.default_voice, max_chars=synthesis.max_text_chars
+        )
+        self.voice, self.text_chars = request.voice, len(request.text)
+        return request
+
+    def base_url(self) -> str:
+        public = self.services.settings.server.public_url
+        if public:
+            return public.rstrip("/")
+        return f"{self.request.protocol}://{self.request.host}"
+
+
+class TTSHandler(SpeechHandler):
+    route = "/tts"
+
+    async def get(self) -> None:
+        """Synthesize from query arguments."""
+        await self._respond(self.speech_request(self.query_fields()))
+
+    async def post(self) -> None:
+        """Synthesize from a JSON body with the same fields."""
+        await self._respond(self.speech_request(self.json_fields()))
+
+    async def _respond(self, request: SpeechRequest) -> None:
+        audio = await self.services.speech.synthesize(request)
+        self.cache_tier = audio.tier
+        self.write_json(
+            {
+                "hash": audio.key,
+                "text": request.text,
+                "speed": request.speed,
+                "voice": request.voice,
+                "audio_url": f"{self.base_url()}/audio/{audio.key}.wav",
+                "duration_s": round(audio.duration_s, 3),
+                "sample_rate": audio.sample_rate,
+                "cache": audio.tier,
+            }
+        )

@@ -1,0 +1,83 @@
+"""Prometheus metrics, aggregated across gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set.
+
+The metric objects belong to one `Metrics` instance built by the worker, not to module globals;
+in multiprocess mode prometheus-client writes every worker's values to files in that directory
+and `render()` sums them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+RTF_BUCKETS: Final = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._registry = CollectorRegistry(auto_describe=True)
+        r = self._registry
+        self.requests = Counter(
+            "tts_http_requests_total", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "tts_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inferences = Counter(
+            "tts_inferences_total", "Inference calls (one per chunk).", ["voice"], registry=r
+        )
+        self.synthesis_seconds = Histogram(
+            "tts_synthesis_seconds",
+            "Inference time per chunk.",
+            ["voice"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "tts_synthesized_audio_seconds_total", "Seconds of audio synthesized.", ["voice"], registry=r
+        )
+        self.real_time_factor = Histogram(
+            "tts_real_time_factor",
+            "Inference time over audio duration, per chunk.",
+            ["voice"],
+            buckets=RTF_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter("tts_cache_hits_total", "Cache hits by tier.", ["tier"], registry=r)
+        self.cache_misses = Counter("tts_cache_misses_total", "Lookups that found no tier.", registry=r)
+        self.queue_depth = Gauge(
+            "tts_inference_queue_depth",
+            "Chunks waiting for inference.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "tts_active_streams", "Streams being sent.", multiprocess_mode="livesum", registry=r
+        )
+        self.redis_errors = Counter("tts_redis_errors_total", "Failed or skipped Redis calls.", registry=r)
+        self.storage_errors = Counter(
+            "tts_storage_write_errors_total", "Audio files that could not be written.", registry=r
+        )
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self._registry)

@@ -1,0 +1,91 @@
+"""The services one worker owns, built after the fork and started on its IOLoop.
+
+`Services.build(settings)` only constructs objects (cheap, no I/O); `start()` loads and warms the
+voices in a thread so `/healthz` answers meanwhile, and runs the audio clean-up in the background;
+`close()` releases everything. Handlers reach these through the application's settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from server.cache.disk import DiskStore
+from server.cache.memory import MemoryCache
+from server.cache.redis import RedisCache
+from server.cache.tiers import TieredCache
+from server.metrics import Metrics
+from server.settings import Settings
+from server.speech import SpeechService
+from server.synthesis.catalog import VoiceCatalog
+from server.synthesis.scheduler import Scheduler
+
+
+@dataclass
+class Lifecycle:
+    """What the probes report: loading, ready, or draining before shutdown."""
+
+    draining: bool = False
+    in_flight: int = 0  # requests being handled, streams included
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    catalog: VoiceCatalog
+    cache: TieredCache
+    scheduler: Scheduler
+    speech: SpeechService
+    metrics: Metrics
+    lifecycle: Lifecycle
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        metrics = Metrics()
+        catalog = VoiceCatalog(settings)
+        redis = RedisCache(settings.redis, on_error=metrics.redis_errors.inc)
+        cache = TieredCache(MemoryCache(settings.cache.l1_max_bytes), redis, DiskStore(settings.storage))
+        synthesis = settings.synthesis
+        scheduler = Scheduler(synthesis.concurrency, synthesis.max_active_requests)
+        speech = SpeechService(synthesis, catalog, cache, scheduler, metrics)
+        return cls(settings, catalog, cache, scheduler, speech, metrics, Lifecycle())
+
+    @property
+    def ready(self) -> bool:
+        return self.catalog.ready and not self.lifecycle.draining
+
+    async def start(self) -> None:
+        """Load voices off the loop; failures leave the worker alive but unready, and logged."""
+        self._tasks.append(asyncio.ensure_future(self._clean_periodically()))
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.catalog.load)
+        except Exception as exc:
+            self.catalog.problem = f"voice loading failed: {exc}"
+            logger.exception("voice loading failed")
+        if self.cache.redis.enabled:
+            await self.cache.redis.ping()  # logs once if Redis is down; never blocks readiness
+        self.lifecycle.started.set()
+
+    async def _clean_periodically(self) -> None:
+        interval = self.settings.storage.cleanup_interval_s
+        while True:
+            try:
+                await self.cache.disk.clean()
+            except OSError as exc:
+                logger.warning("audio clean-up failed: {}", exc)
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.speech.close()
+        await self.cache.close()
+        self.scheduler.shutdown()

@@ -1,0 +1,354 @@
+"""SpeechService: a parsed request in, cached or freshly synthesized audio out.
+
+Every miss becomes one `Flight`: a synthesis shared by all concurrent requests for the same key
+(single-flight). A flight phonemizes the text, plans chunks, and runs them one by one through the
+scheduler; subscribers (streams and `/tts` calls) read its chunks as they arrive. When it
+completes, the WAV goes into the cache tiers; when its last stream goes away first, it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Final
+
+from loguru import logger
+
+from server.cache.keys import KeyParts, audio_key, is_key
+from server.cache.tiers import MISS, TieredCache
+from server.errors import (
+    InvalidRequest,
+    NotFound,
+    NotReady,
+    StorageUnavailable,
+    SynthesisFailed,
+    TTSError,
+)
+from server.metrics import Metrics
+from server.request import SpeechRequest
+from server.settings import SynthesisSettings
+from server.synthesis.audio import duration_s, parse_wav, silence, to_pcm16, wav_bytes
+from server.synthesis.catalog import VoiceCatalog
+from server.synthesis.scheduler import Admission, Scheduler
+from server.synthesis.text import Chunk, plan_chunks
+from server.synthesis.voice import Voice
+
+CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A finished WAV and the tier it came from."""
+
+    key: str
+    wav: bytes
+    tier: str
+
+    @property
+    def sample_rate(self) -> int:
+        return parse_wav(self.wav)[0]
+
+    @property
+    def duration_s(self) -> float:
+        rate, pcm = parse_wav(self.wav)
+        return duration_s(rate, len(pcm))
+
+
+class Flight:
+    """One synthesis in progress and the chunks it has produced so far."""
+
+    def __init__(self, key: str, sample_rate: int, created: float) -> None:
+        self.key = key
+        self.sample_rate = sample_rate
+        self.created = created
+        self.chunks: list[bytes] = []
+        self.finished = False
+        self.error: TTSError | None = None
+        self.wav = b""
+        self.stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.subscribers = 0
+        self.consumed = 0  # most chunks any subscriber has taken: paces the producer
+        self.unbounded = False  # a /tts caller wants it all: no pacing
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    def append(self, pcm: bytes) -> None:
+        self.chunks.append(pcm)
+        self._notify()
+
+    def finish(self, wav: bytes) -> None:
+        self.wav, self.finished = wav, True
+        self._notify()
+
+    def fail(self, error: TTSError) -> None:
+        self.error = error
+        if not self.stored.done():
+            self.stored.set_result(False)
+        self._notify()
+
+    def took(self, count: int) -> None:
+        if count > self.consumed:
+            self.consumed = count
+            self._notify()
+
+    async def room_for(self, index: int, lookahead: int) -> None:
+        """Wait until producing chunk `index` keeps within `lookahead` of the fastest reader."""
+        while not self.unbounded and index - self.consumed >= lookahead:
+            await self.changed()
+
+    async def read(self) -> AsyncIterator[bytes]:
+        index = 0
+        while True:
+            while index < len(self.chunks):
+                chunk = self.chunks[index]
+                index += 1
+                self.took(index)
+                yield chunk
+            if self.error is not None:
+                raise self.error
+            if self.finished:
+                return
+            await self.changed()
+
+
+class Stream:
+    """What a `/tts/stream` handler needs: the format up front, then PCM chunks."""
+
+    def __init__(
+        self,
+        service: SpeechService,
+        key: str,
+        sample_rate: int,
+        tier: str,
+        *,
+        cached: bytes | None = None,
+        flight: Flight | None = None,
+    ) -> None:
+        self._service = service
+        self.key = key
+        self.sample_rate = sample_rate
+        self.tier = tier
+        self._cached = cached
+        self._flight = flight
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._cached is not None:
+            pcm = memoryview(self._cached)[44:]
+            for start in range(0, len(pcm), CACHED_SLICE_BYTES):
+                yield bytes(pcm[start : start + CACHED_SLICE_BYTES])
+            return
+        assert self._flight is not None
+        async for chunk in self._flight.read():
+            yield chunk
+
+    def close(self) -> None:
+        """The client is done (or gone): stop a synthesis nobody else is waiting for."""
+        if self._flight is not None:
+            self._service.unsubscribe(self._flight)
+            self._flight = None
+
+
+class SpeechService:
+    def __init__(
+        self,
+        settings: SynthesisSettings,
+        catalog: VoiceCatalog,
+        cache: TieredCache,
+        scheduler: Scheduler,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self.catalog = catalog
+        self.cache = cache
+        self.scheduler = scheduler
+        self._metrics = metrics
+        self._flights: dict[str, Flight] = {}
+        # espeak is serialized anyway; its own thread keeps phonemizing from queueing behind
+        # inference, which would delay every new request's first chunk.
+        self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="phonemize")
+
+    @property
+    def flights(self) -> int:
+        return len(self._flights)
+
+    def _render_params(self) -> tuple[float, ...]:
+        s = self._settings
+        return (s.gain, s.sentence_silence_s, s.fade_ms, s.first_chunk_max_phonemes, s.chunk_max_phonemes)
+
+    def _resolve(self, request: SpeechRequest) -> tuple[Voice, int | None, str]:
+        if not self.catalog.ready:
+            raise NotReady("voices are still loading", retry_after_s=2)
+        voice = self.catalog.get(request.voice)
+        try:
+            speaker_id = voice.speaker_id(request.speaker)
+        except KeyError:
+            raise InvalidRequest(f"unknown speaker {request.speaker!r} for voice {voice.voice_id}") from None
+        key = audio_key(
+            KeyParts(
+                voice.voice_id,
+                voice.digest,
+                speaker_id,
+                request.text,
+                request.length_scale,
+                voice.noise_scale,
+                voice.noise_w,
+                self._render_params(),
+            )
+        )
+        return voice, speaker_id, key
+
+    async def _lookup(self, key: str):
+        hit = await self.cache.get(key)
+        if hit is None:
+            self._metrics.cache_misses.inc()
+        else:
+            self._metrics.cache_hits.labels(hit.tier).inc()
+        return hit
+
+    async def synthesize(self, request: SpeechRequest) -> Audio:
+        """The whole WAV, stored where a URL can reach it (for `/tts`)."""
+        voice, speaker_id, key = self._resolve(request)
+        hit = await self._lookup(key)
+        if hit is not None:
+            self.cache.keep_alive(key, hit.wav)
+            return Audio(key, hit.wav, hit.tier)
+        flight = self._join(key, request, voice, speaker_id)
+        flight.unbounded = True
+        flight.took(len(flight.chunks))
+        flight.subscribers += 1
+        try:
+            durable = await asyncio.shield(flight.stored)
+        finally:
+            flight.subscribers -= 1
+        if flight.error is not None:
+            raise flight.error
+        if not durable:
+            raise StorageUnavailable(
+                "audio storage is unavailable; use /tts/stream or retry", retry_after_s=5
+            )
+        return Audio(key, flight.wav, MISS)
+
+    async def stream(self, request: SpeechRequest) -> Stream:
+        """A stream of PCM for `/tts/stream`: cached bytes at once, or a live flight."""
+        voice, speaker_id, key = self._resolve(request)
+        hit = await self._lookup(key)
+        if hit is not None:
+            return Stream(self, key, voice.sample_rate, hit.tier, cached=hit.wav)
+        flight = self._join(key, request, voice, speaker_id)
+        flight.subscribers += 1
+        return Stream(self, key, voice.sample_rate, MISS, flight=flight)
+
+    async def audio(self, key: str) -> Audio:
+        """A stored WAV by key (for `/audio/{key}.wav`)."""
+        if not is_key(key):
+            raise NotFound("no such audio")
+        hit = await self._lookup(key)
+        if hit is None:
+            raise NotFound("no such audio (unknown or expired)")
+        return Audio(key, hit.wav, hit.tier)
+
+    def _join(self, key: str, request: SpeechRequest, voice: Voice, speaker_id: int | None) -> Flight:
+        flight = self._flights.get(key)
+        if flight is not None and flight.error is None:
+            return flight
+        admission = self.scheduler.admit()  # raises Overloaded before anything starts
+        flight = Flight(key, voice.sample_rate, asyncio.get_running_loop().time())
+        self._flights[key] = flight
+        flight.task = asyncio.ensure_future(self._produce(flight, request, voice, speaker_id, admission))
+        return flight
+
+    def unsubscribe(self, flight: Flight) -> None:
+        flight.subscribers -= 1
+        if flight.subscribers <= 0 and not flight.finished and flight.task is not None:
+            flight.task.cancel()
+
+    async def _produce(
+        self,
+        flight: Flight,
+        request: SpeechRequest,
+        voice: Voice,
+        speaker_id: int | None,
+        admission: Admission,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                sentences = await loop.run_in_executor(self._text_pool, voice.phonemize, request.text)
+                plan = plan_chunks(
+                    sentences, self._settings.first_chunk_max_phonemes, self._settings.chunk_max_phonemes
+                )
+                if not plan:
+                    raise InvalidRequest("text has nothing to speak")
+                first_at = 0.0
+                audio_s = 0.0
+                for index, chunk in enumerate(plan):
+                    await flight.room_for(index, self._settings.lookahead_chunks)
+                    deadline = flight.created if index == 0 else first_at + audio_s
+                    render = partial(
+                        self._render, voice, chunk, request.length_scale, speaker_id, index == len(plan) - 1
+                    )
+                    self._metrics.queue_depth.inc()
+                    try:
+                        pcm = await self.scheduler.run(render, deadline)
+                    finally:
+                        self._metrics.queue_depth.dec()
+                    if index == 0:
+                        first_at = loop.time()
+                    audio_s += duration_s(voice.sample_rate, len(pcm))
+                    flight.append(pcm)
+            finally:
+                admission.release()
+            flight.finish(wav_bytes(voice.sample_rate, b"".join(flight.chunks)))
+            durable = await self.cache.put(flight.key, flight.wav)
+            if not durable:
+                self._metrics.storage_errors.inc()
+            flight.stored.set_result(durable)
+        except asyncio.CancelledError:
+            flight.fail(SynthesisFailed("synthesis was cancelled"))
+            raise
+        except TTSError as error:
+            flight.fail(error)
+        except Exception:
+            logger.exception("synthesis failed for {}", flight.key)
+            flight.fail(SynthesisFailed("synthesis failed"))
+        finally:
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+
+    def _render(
+        self, voice: Voice, chunk: Chunk, length_scale: float, speaker_id: int | None, last: bool
+    ) -> bytes:
+        """Blocking, in an inference thread: one chunk of phonemes to faded PCM."""
+        started = time.perf_counter()
+        samples = voice.infer(voice.phoneme_ids(chunk.phonemes), length_scale, speaker_id)
+        elapsed = time.perf_counter() - started
+        fade = int(voice.sample_rate * self._settings.fade_ms / 1000)
+        pcm = to_pcm16(samples, self._settings.gain, fade)
+        seconds = samples.size / voice.sample_rate
+        m = self._metrics
+        m.inferences.labels(voice.voice_id).inc()
+        m.synthesis_seconds.labels(voice.voice_id).observe(elapsed)
+        m.audio_seconds.labels(voice.voice_id).inc(seconds)
+        if seconds > 0:
+            m.real_time_factor.labels(voice.voice_id).observe(elapsed / seconds)
+        if chunk.ends_sentence and not last:
+            pcm += silence(voice.sample_rate, self._settings.sentence_silence_s)
+        return pcm
+
+    async def close(self) -> None:
+        for flight in list(self._flights.values()):
+            if flight.task is not None:
+                flight.task.cancel()
+        await asyncio.gather(*(f.task for f in self._flights.values() if f.task), return_exceptions=True)
+        self._text_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""Speech synthesis: Piper voices, text chunking, PCM framing and the inference scheduler."""

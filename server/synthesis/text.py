@@ -1,0 +1,78 @@
+"""Text normalization and the split of phonemized sentences into synthesis chunks.
+
+Normalization decides what "the same text" means, so the cache key and the synthesizer both use
+`normalize_text`. Chunking decides latency: the first chunk is kept short (split at a clause) so
+audio starts early, later chunks are whole sentences unless a sentence is over-long.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+_WHITESPACE: Final = re.compile(r"\s+")
+# Phonemes after which a pause sounds natural (espeak keeps the punctuation as phonemes).
+CLAUSE_BREAKS: Final = frozenset({",", ";", ":", "—", "–"})
+WORD_BREAK: Final = " "
+
+
+def normalize_text(text: str) -> str:
+    """NFC, control and format characters removed, whitespace collapsed and stripped."""
+    text = unicodedata.normalize("NFC", text)
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if char.isspace():
+            kept.append(" ")
+        elif category in ("Cc", "Cs", "Co", "Cn") or (category == "Cf" and char != "\u200d"):
+            # Controls, lone surrogates, private use, unassigned and bidi/format marks carry no
+            # speech; dropping them keeps keys stable (ZWJ stays: it is part of emoji sequences).
+            continue
+        else:
+            kept.append(char)
+    return _WHITESPACE.sub(" ", "".join(kept)).strip()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A run of phonemes synthesized in one inference call."""
+
+    phonemes: tuple[str, ...]
+    ends_sentence: bool  # silence follows only a sentence end, not a clause split
+
+
+def _split_at(phonemes: Sequence[str], limit: int) -> tuple[Sequence[str], Sequence[str]]:
+    """Cut before `limit` at the last clause break, else the last word break, else hard."""
+    if len(phonemes) <= limit:
+        return phonemes, ()
+    for breaks in (CLAUSE_BREAKS, {WORD_BREAK}):
+        cut = max((i + 1 for i, p in enumerate(phonemes[:limit]) if p in breaks), default=0)
+        if cut >= limit // 4:  # a tiny head would just move the latency to the next chunk
+            return phonemes[:cut], phonemes[cut:]
+    return phonemes[:limit], phonemes[limit:]
+
+
+def _strip_space(phonemes: Sequence[str]) -> tuple[str, ...]:
+    start, end = 0, len(phonemes)
+    while start < end and phonemes[start] == WORD_BREAK:
+        start += 1
+    while end > start and phonemes[end - 1] == WORD_BREAK:
+        end -= 1
+    return tuple(phonemes[start:end])
+
+
+def plan_chunks(sentences: Sequence[Sequence[str]], first_max: int, chunk_max: int) -> list[Chunk]:
+    """Sentences of phonemes to chunks: a short first chunk, then at most `chunk_max` each."""
+    chunks: list[Chunk] = []
+    for sentence in sentences:
+        rest: Sequence[str] = _strip_space(sentence)
+        while rest:
+            limit = first_max if not chunks else chunk_max
+            head, rest = _split_at(rest, limit)
+            head, rest = _strip_space(head), _strip_space(rest)
+            if head:
+                chunks.append(Chunk(head, ends_sentence=not rest))
+    return chunks

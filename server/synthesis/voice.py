@@ -1,0 +1,179 @@
+"""A loaded Piper voice: its config, phonemizer and onnxruntime session.
+
+`Voice.load()` is blocking and runs once per worker process, after the fork. The methods that
+phonemize and run inference are blocking too: the scheduler calls them from executor threads
+(onnxruntime releases the GIL), never from the IOLoop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import onnxruntime as ort
+from loguru import logger
+from piper_phonemize import phonemize_codepoints, phonemize_espeak
+
+BOS: Final = "^"
+EOS: Final = "$"
+PAD: Final = "_"
+CUDA: Final = "CUDAExecutionProvider"
+CPU: Final = "CPUExecutionProvider"
+
+# espeak-ng keeps global state and is not thread-safe; every phonemize call goes through this.
+_ESPEAK_LOCK: Final = threading.Lock()
+
+
+@dataclass(frozen=True)
+class VoiceFiles:
+    """Where a voice lives on disk; its id is the model file's stem."""
+
+    model: Path
+    config: Path
+
+    @property
+    def voice_id(self) -> str:
+        return self.model.name.removesuffix(".onnx")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to build the onnxruntime session (from `Settings.synthesis`)."""
+
+    provider: str = "auto"  # auto | cpu | cuda
+    intra_op_threads: int = 1
+    cuda_device_id: int = 0
+
+
+@dataclass
+class Voice:
+    """A Piper voice ready to synthesize."""
+
+    voice_id: str
+    sample_rate: int
+    language: str
+    speakers: dict[str, int]
+    num_speakers: int
+    noise_scale: float
+    noise_w: float
+    phoneme_type: str
+    espeak_voice: str
+    phoneme_id_map: dict[str, list[int]]
+    digest: str  # sha256 of the model file: a new model never serves old cached audio
+    provider: str  # the provider the session really runs on
+    session: ort.InferenceSession = field(repr=False)
+    unknown_phonemes: int = 0
+
+    @classmethod
+    def load(cls, files: VoiceFiles, options: RuntimeOptions) -> Voice:
+        config = json.loads(files.config.read_text(encoding="utf-8"))
+        session = _make_session(files.model, options)
+        provider = session.get_providers()[0]
+        inference = config.get("inference", {})
+        language = config.get("language", {}).get("code") or config.get("espeak", {}).get("voice", "")
+        voice = cls(
+            voice_id=files.voice_id,
+            sample_rate=int(config["audio"]["sample_rate"]),
+            language=str(language),
+            speakers={str(k): int(v) for k, v in (config.get("speaker_id_map") or {}).items()},
+            num_speakers=int(config.get("num_speakers", 1)),
+            noise_scale=float(inference.get("noise_scale", 0.667)),
+            noise_w=float(inference.get("noise_w", 0.8)),
+            phoneme_type=str(config.get("phoneme_type", "espeak")),
+            espeak_voice=str(config.get("espeak", {}).get("voice", "en-us")),
+            phoneme_id_map={str(k): list(v) for k, v in config["phoneme_id_map"].items()},
+            digest=_file_digest(files.model),
+            provider=provider,
+            session=session,
+        )
+        logger.info(
+            "voice {} loaded on {} ({} Hz, {} speakers)",
+            voice.voice_id,
+            provider,
+            voice.sample_rate,
+            voice.num_speakers,
+        )
+        return voice
+
+    def phonemize(self, text: str) -> list[list[str]]:
+        """Sentences of phonemes (espeak splits sentences; codepoint voices get one sentence)."""
+        with _ESPEAK_LOCK:
+            if self.phoneme_type == "text":
+                return phonemize_codepoints(text)
+            return phonemize_espeak(text, self.espeak_voice)
+
+    def phoneme_ids(self, phonemes: Sequence[str]) -> list[int]:
+        """Piper's mapping: BOS, each known phoneme followed by a pad, EOS; unknown ones skipped."""
+        id_map = self.phoneme_id_map
+        ids = list(id_map[BOS])
+        for phoneme in phonemes:
+            mapped = id_map.get(phoneme)
+            if mapped is None:
+                self.unknown_phonemes += 1
+                continue
+            ids.extend(mapped)
+            ids.extend(id_map[PAD])
+        ids.extend(id_map[EOS])
+        return ids
+
+    def speaker_id(self, speaker: str | None) -> int | None:
+        """Resolve a speaker name or number; None for single-speaker voices."""
+        if self.num_speakers <= 1:
+            return None
+        if speaker is None or speaker == "":
+            return 0
+        if speaker in self.speakers:
+            return self.speakers[speaker]
+        if speaker.isdigit() and int(speaker) < self.num_speakers:
+            return int(speaker)
+        raise KeyError(speaker)
+
+    def infer(self, ids: Sequence[int], length_scale: float, speaker_id: int | None) -> np.ndarray:
+        """One inference call: float32 mono samples in about [-1, 1]."""
+        inputs: dict[str, Any] = {
+            "input": np.array([ids], dtype=np.int64),
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+            "scales": np.array([self.noise_scale, length_scale, self.noise_w], dtype=np.float32),
+        }
+        if speaker_id is not None:
+            inputs["sid"] = np.array([speaker_id], dtype=np.int64)
+        return self.session.run(None, inputs)[0].reshape(-1)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _make_session(model: Path, options: RuntimeOptions) -> ort.InferenceSession:
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.inter_op_num_threads = 1
+    session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle spinning threads would burn the cores that other workers' inference needs.
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    providers: list[Any] = [CPU]
+    if options.provider in ("auto", "cuda"):
+        if hasattr(ort, "preload_dlls"):
+            try:
+                # onnxruntime-gpu finds the CUDA/cuDNN libraries of the nvidia-* wheels this way,
+                # without LD_LIBRARY_PATH; absent libraries only make CUDA unavailable below.
+                ort.preload_dlls()
+            except Exception as exc:
+                logger.warning("could not preload CUDA libraries: {}", exc)
+        if CUDA in ort.get_available_providers():
+            providers = [(CUDA, {"device_id": options.cuda_device_id}), CPU]
+        elif options.provider == "cuda":
+            logger.warning("CUDA requested but onnxruntime offers only {}", ort.get_available_providers())
+    return ort.InferenceSession(str(model), sess_options=session_options, providers=providers)

@@ -1,0 +1,110 @@
+"""Running the app: the gunicorn worker with a graceful drain, and the entry points.
+
+gunicorn loads `create_app()` in each worker after the fork, so the onnxruntime sessions and the
+Redis client are made per process, never in the master. Its stock tornado worker stops the server
+and the loop within about two heartbeats of SIGTERM, cutting streams short whatever
+graceful_timeout says; `GracefulTornadoWorker` instead stops accepting, reports 503 on `/readyz`,
+waits until no request is in flight or the grace period ends, and only then closes connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable
+
+import tornado.web
+from gunicorn.workers.base import Worker
+from loguru import logger
+from tornado.httpserver import HTTPServer
+
+from server.app import make_app
+from server.logs import configure_logging
+from server.services import Services
+from server.settings import Settings, SettingsError, load_settings
+
+TICK_S = 0.25
+
+
+def create_app() -> tornado.web.Application:
+    """The gunicorn entry point: settings from config.yaml and the environment, then the app."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.logging)
+    return make_app(settings, Services.build(settings))
+
+
+def make_http_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
+    """Tornado's defaults are loose (an hour for headers, no body timeout, 100 MiB bodies)."""
+    server = settings.server
+    return HTTPServer(
+        app,
+        max_body_size=server.max_body_bytes,
+        max_buffer_size=max(server.max_body_bytes, 1 << 20),
+        max_header_size=server.max_header_bytes,
+        idle_connection_timeout=server.idle_connection_timeout_s,
+        body_timeout=server.body_timeout_s,
+    )
+
+
+async def serve(
+    app: tornado.web.Application, sockets: Iterable[socket.socket], keep_running: Callable[[], bool]
+) -> None:
+    """Serve on `sockets` until `keep_running()` turns false, then drain gracefully."""
+    services: Services = app.settings["services"]
+    settings = services.settings
+    server = make_http_server(app, settings)
+    for sock in sockets:
+        sock.setblocking(False)
+        server.add_socket(sock)
+    startup = asyncio.ensure_future(services.start())
+    try:
+        while keep_running():
+            await asyncio.sleep(TICK_S)
+    finally:
+        await drain(server, services, settings.server.graceful_timeout_s)
+        startup.cancel()
+
+
+async def drain(server: HTTPServer, services: Services, grace_s: float) -> None:
+    lifecycle = services.lifecycle
+    lifecycle.draining = True
+    server.stop()  # no new connections; in-flight requests and streams go on
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    logger.info("draining: {} requests in flight, up to {}s", lifecycle.in_flight, grace_s)
+    while lifecycle.in_flight > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if lifecycle.in_flight:
+        logger.warning("grace period over with {} requests in flight", lifecycle.in_flight)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
+    await services.close()
+    logger.info("stopped")
+
+
+class GracefulTornadoWorker(Worker):
+    """gunicorn worker running the Tornado app with the drain above."""
+
+    def init_process(self) -> None:
+        tornado.ioloop.IOLoop.clear_current()
+        super().init_process()
+
+    def run(self) -> None:
+        app = self.wsgi
+        if not isinstance(app, tornado.web.Application):
+            raise TypeError("GracefulTornadoWorker serves a tornado.web.Application")
+        asyncio.run(serve(app, self.sockets, self._keep_running))
+
+    def _keep_running(self) -> bool:
+        self.notify()  # the master's liveness check
+        if self.ppid != os.getppid():
+            logger.info("parent changed, shutting down")
+            return False
+        return self.alive
