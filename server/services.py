@@ -52,7 +52,9 @@ class Services:
         cache = TieredCache(MemoryCache(settings.cache.l1_max_bytes), redis, DiskStore(settings.storage))
         synthesis = settings.synthesis
         scheduler = Scheduler(synthesis.concurrency, synthesis.max_active_requests)
-        speech = SpeechService(synthesis, catalog, cache, scheduler, metrics)
+        speech = SpeechService(
+            synthesis, catalog, cache, scheduler, metrics, lock_ttl_s=settings.redis.lock_ttl_s
+        )
         return cls(settings, catalog, cache, scheduler, speech, metrics, Lifecycle())
 
     @property

@@ -85,6 +85,7 @@ class RedisSettings:
     key_prefix: str = _opt("tts:")
     breaker_failures: int = _opt(3, low=1, high=1000)
     breaker_reset_s: float = _opt(5.0, low=0.1, high=3600)
+    lock_ttl_s: float = _opt(30.0, low=0.5, high=3600)
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,12 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     sections = {f.name: f for f in fields(Settings)}
     for unknown in sorted(set(raw) - set(sections)):
         raise SettingsError(str(unknown), "unknown section")
-    merged: dict[str, dict[str, Any]] = {k: dict(raw.get(k) or {}) for k in sections}
+    merged: dict[str, dict[str, Any]] = {}
+    for name in sections:
+        section = raw.get(name)
+        if section is not None and not isinstance(section, Mapping):
+            raise SettingsError(name, f"expected a mapping, got {section!r}")
+        merged[name] = dict(section or {})
     for section, values in _env_overrides(environ or {}).items():
         if section not in sections:
             raise SettingsError(f"{ENV_PREFIX}{section.upper()}", "unknown section")
@@ -224,6 +230,17 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     hints = get_type_hints(Settings)
     built = {name: _build_section(name, hints[name], merged[name]) for name in sections}
     settings = Settings(**built)
+    schemes = (
+        "redis://",
+        "rediss://",
+        "unix://",
+        "redis+sentinel://",
+        "rediss+sentinel://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    )
+    if settings.redis.url and not settings.redis.url.startswith(schemes):
+        raise SettingsError("redis.url", f"must start with one of {', '.join(schemes)}")
     if settings.server.public_url and not settings.server.public_url.startswith(("http://", "https://")):
         raise SettingsError("server.public_url", "must start with http:// or https://")
     return settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from server.synthesis.text import Chunk, plan_chunks
 from server.synthesis.voice import Voice
 
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
+LOCK_POLL_S: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,11 @@ class SpeechService:
         cache: TieredCache,
         scheduler: Scheduler,
         metrics: Metrics,
+        *,
+        lock_ttl_s: float = 30.0,
     ) -> None:
         self._settings = settings
+        self._lock_ttl_s = lock_ttl_s
         self.catalog = catalog
         self.cache = cache
         self.scheduler = scheduler
@@ -282,8 +287,17 @@ class SpeechService:
         admission: Admission,
     ) -> None:
         loop = asyncio.get_running_loop()
+        lock_token: str | None = None
         try:
             try:
+                elsewhere, lock_token = await self._claim(flight.key)
+                if elsewhere is not None:
+                    # Another replica synthesized it while we waited: serve its bytes.
+                    flight.append(bytes(parse_wav(elsewhere)[1]))
+                    flight.finish(elsewhere)
+                    self.cache.memory.put(flight.key, elsewhere)
+                    flight.stored.set_result(True)
+                    return
                 sentences = await loop.run_in_executor(self._text_pool, voice.phonemize, request.text)
                 plan = plan_chunks(
                     sentences, self._settings.first_chunk_max_phonemes, self._settings.chunk_max_phonemes
@@ -307,6 +321,8 @@ class SpeechService:
                         first_at = loop.time()
                     audio_s += duration_s(voice.sample_rate, len(pcm))
                     flight.append(pcm)
+                    if lock_token is not None:
+                        await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
             finally:
                 admission.release()
             flight.finish(wav_bytes(voice.sample_rate, b"".join(flight.chunks)))
@@ -325,6 +341,39 @@ class SpeechService:
         finally:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
+            if lock_token is not None:
+                await self.cache.redis.release_lock(flight.key, lock_token)
+
+    async def _claim(self, key: str) -> tuple[bytes | None, str | None]:
+        """Cross-replica single-flight: (bytes another replica made, None) or (None, our lock token).
+
+        The lock is a short SET NX with an expiry, so a holder that dies frees it by itself;
+        waiters poll L2 and take over when the lock goes away without a result. A duplicate
+        synthesis now and then (an expired lock, Redis trouble) is harmless.
+        """
+        redis = self.cache.redis
+        if not redis.enabled:
+            return None, None
+        token = uuid.uuid4().hex
+        while True:
+            acquired = await redis.acquire_lock(key, token, self._lock_ttl_s)
+            if acquired is None:
+                return None, None  # Redis is out: synthesize here
+            if acquired:
+                return None, token
+            while True:
+                await asyncio.sleep(LOCK_POLL_S)
+                wav = await redis.get(key)
+                if wav is not None:
+                    return wav, None
+                held = await redis.lock_held(key)
+                if held is None:
+                    return None, None
+                if not held:
+                    wav = await redis.get(key)
+                    if wav is not None:
+                        return wav, None
+                    break  # the holder died or gave up: try to take the lock
 
     def _render(
         self, voice: Voice, chunk: Chunk, length_scale: float, speaker_id: int | None, last: bool

@@ -12,16 +12,24 @@ import struct
 import time
 import zlib
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from loguru import logger
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from server.settings import RedisSettings
 
 MAGIC: Final = b"TTS1"
+# Release a lock only if it is still ours: a holder whose lock expired must not free another's.
+_RELEASE: Final = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 HEADER: Final = struct.Struct("<4sQI")  # magic, payload length, crc32
 
 
@@ -38,6 +46,47 @@ def unframe(value: bytes) -> bytes | None:
     if magic != MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
         return None
     return payload
+
+
+def connect(settings: RedisSettings) -> Any:
+    """A client for a single node, a Sentinel-managed master or a Cluster, chosen by URL scheme.
+
+    redis:// rediss:// unix://                  a single node
+    redis+sentinel://h1:26379,h2:26379/name/0    the master Sentinel names `name`, db 0
+    redis+cluster://h1:6379                       Redis Cluster, nodes discovered from h1
+    """
+    timeout = settings.timeout_s
+    # redis-py's defaults (5 s timeouts, retries with backoff) turn one call against a hung
+    # server into about a minute; fail fast and let the breaker decide.
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "max_connections": settings.max_connections,
+    }
+    url = settings.url
+    scheme, _, rest = url.partition("://")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        options.pop("retry_on_timeout")
+        return RedisCluster.from_url(f"{scheme.split('+')[0]}://{rest}", **options)
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        parts = urlsplit(url)
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("redis+sentinel URL needs a service name: redis+sentinel://host:port/name")
+        hosts = [h.rsplit(":", 1) for h in parts.netloc.rpartition("@")[2].split(",")]
+        sentinel = Sentinel(
+            [(host, int(port)) for host, port in hosts],
+            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            password=parts.password,
+            username=parts.username,
+            db=int(path[1]) if len(path) > 1 else 0,
+            ssl=scheme.startswith("rediss"),
+            **options,
+        )
+        return sentinel.master_for(path[0])
+    return Redis.from_url(url, health_check_interval=30, **options)
 
 
 class RedisCache:
@@ -71,18 +120,7 @@ class RedisCache:
 
     def _redis(self) -> Redis:
         if self._client is None:
-            timeout = self._settings.timeout_s
-            # redis-py's defaults (5 s timeouts, retries with backoff) turn one call against a
-            # hung server into about a minute; fail fast and let the breaker decide.
-            self._client = Redis.from_url(
-                self._settings.url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-                max_connections=self._settings.max_connections,
-                health_check_interval=30,
-            )
+            self._client = connect(self._settings)
         return self._client
 
     def _key(self, key: str) -> str:
@@ -144,6 +182,26 @@ class RedisCache:
     async def delete(self, key: str) -> bool:
         _, ok = await self._call(lambda r: r.delete(self._key(key)))
         return ok
+
+    async def acquire_lock(self, key: str, token: str, ttl_s: float) -> bool | None:
+        """SET NX with an expiry: True if acquired, False if held elsewhere, None if Redis is out."""
+        value, ok = await self._call(
+            lambda r: r.set(self._lock_key(key), token, nx=True, px=int(ttl_s * 1000))
+        )
+        return bool(value) if ok else None
+
+    async def lock_held(self, key: str) -> bool | None:
+        value, ok = await self._call(lambda r: r.exists(self._lock_key(key)))
+        return bool(value) if ok else None
+
+    async def extend_lock(self, key: str, ttl_s: float) -> None:
+        await self._call(lambda r: r.pexpire(self._lock_key(key), int(ttl_s * 1000)))
+
+    async def release_lock(self, key: str, token: str) -> None:
+        await self._call(lambda r: r.eval(_RELEASE, 1, self._lock_key(key), token))
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self._settings.key_prefix}lock:{key}"
 
     async def ping(self) -> bool:
         _, ok = await self._call(lambda r: r.ping())

@@ -33,7 +33,8 @@ def normalize_text(text: str) -> str:
             continue
         else:
             kept.append(char)
-    return _WHITESPACE.sub(" ", "".join(kept)).strip()
+    # Compose again: a removed character may have separated a letter from its combining mark.
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", "".join(kept))).strip()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,77 @@
+"""Replicas share nothing but Redis: URLs work on any replica, and one inference serves all."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import query, unique_text
+
+PARAGRAPH = (
+    "Replicas behind a load balancer share one Redis. "
+    "When two of them get the same new text at the same moment, only one should synthesize it. "
+    "The other waits for the result to appear in the shared cache. "
+    "Then both answer with the same audio."
+)
+
+
+@pytest.fixture
+def replicas(make_server, make_redis):
+    redis = make_redis()
+    first = make_server({"TTS__REDIS__URL": redis.url})
+    second = make_server({"TTS__REDIS__URL": redis.url})
+    return redis, first, second
+
+
+def test_audio_url_from_one_replica_is_served_by_another(replicas):
+    _, first, second = replicas
+    made = first.get("/tts?" + query(text=unique_text("Shared URL"))).json()
+    path = made["audio_url"].removeprefix(first.base)
+
+    served = second.get(path)
+
+    assert served.status == 200
+    assert served.headers["X-Cache"] == "l2"
+    assert served.body == first.get(path).body
+
+
+def test_concurrent_identical_misses_on_two_replicas_run_one_synthesis(replicas):
+    _, first, second = replicas
+    text = f"{unique_text('Only once')} {PARAGRAPH}"
+    before = first.metric("tts_inferences_total") + second.metric("tts_inferences_total")
+
+    with ThreadPoolExecutor(4) as pool:
+        calls = [pool.submit(replica.get, "/tts?" + query(text=text)) for replica in (first, second) * 2]
+        answers = [call.result().json() for call in calls]
+
+    inferences = first.metric("tts_inferences_total") + second.metric("tts_inferences_total") - before
+    chunks = len(PARAGRAPH.split(". ")) + 1  # each sentence is at least one chunk
+    assert len({answer["hash"] for answer in answers}) == 1
+    assert sorted(answer["cache"] for answer in answers).count("miss") == 4
+    assert chunks <= inferences < 2 * chunks
+    bodies = {replica.get(f"/audio/{answers[0]['hash']}.wav").body for replica in (first, second)}
+    assert len(bodies) == 1
+
+
+def test_waiting_replica_synthesizes_itself_when_the_lock_holder_died(replicas):
+    redis, first, second = replicas
+    text = unique_text("Orphaned lock")
+    key = first.get("/tts/stream?" + query(text=text)).headers["X-Audio-Hash"]
+    client = redis.client()
+    deadline = time.monotonic() + 10
+    while not client.exists(f"tts:audio:{key}") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stream's audio reaches L2 just after the response ends
+    # Forget the audio in L2 and fake a lock holder that died without releasing its lock.
+    client.delete(f"tts:audio:{key}")
+    client.set(f"tts:lock:{key}", "dead-holder", px=1500)
+
+    started = time.monotonic()
+    answer = second.get("/tts?" + query(text=text))
+    waited = time.monotonic() - started
+
+    assert answer.status == 200
+    assert answer.json()["cache"] == "miss"
+    assert waited >= 1.0  # it respected the lock until the lock expired
+    assert client.exists(f"tts:lock:{key}") == 0
