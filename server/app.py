@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import tornado.web
 
+from server.handlers.admin import (
+    AdminAudioHandler,
+    AdminHandler,
+    CleanupHandler,
+    ConfigHandler,
+    PurgeHandler,
+    StorageHandler,
+)
 from server.handlers.audio import AudioHandler
 from server.handlers.base import NotFoundHandler
 from server.handlers.health import HealthHandler, MetricsHandler, ReadyHandler
+from server.handlers.player import PlayerHandler
 from server.handlers.stream import StreamHandler
 from server.handlers.tts import TTSHandler
 from server.handlers.voices import VoicesHandler
@@ -16,6 +25,7 @@ from server.settings import Settings
 
 def make_app(settings: Settings, services: Services) -> tornado.web.Application:
     routes = [
+        (r"/", PlayerHandler),
         (r"/tts", TTSHandler),
         (r"/tts/stream", StreamHandler),
         (r"/audio/([^/]*)\.wav", AudioHandler),
@@ -23,6 +33,12 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler),
         (r"/metrics", MetricsHandler),
+        (r"/admin/storage", StorageHandler),
+        (r"/admin/cleanup", CleanupHandler),
+        (r"/admin/audio/([^/]*)", AdminAudioHandler),
+        (r"/admin/purge", PurgeHandler),
+        (r"/admin/config", ConfigHandler),
+        (r"/admin/.*", AdminHandler),
     ]
     return tornado.web.Application(
         routes,
