@@ -36,6 +36,14 @@ class TextTooLong(TTSError):
     status, code = 413, "text_too_long"
 
 
+class Unauthorized(TTSError):
+    status, code = 401, "unauthorized"
+
+
+class RateLimited(TTSError):
+    status, code = 429, "rate_limited"
+
+
 class NotFound(TTSError):
     status, code = 404, "not_found"
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 from loguru import logger
 
+from server.auth import KeyRing
 from server.cache.disk import DiskStore
 from server.cache.memory import MemoryCache
 from server.cache.redis import RedisCache
 from server.cache.tiers import TieredCache
+from server.clients import Network, parse_networks
 from server.metrics import Metrics
+from server.ratelimit import RateLimiter
 from server.settings import Settings
 from server.speech import SpeechService
 from server.synthesis.catalog import VoiceCatalog
@@ -30,7 +34,6 @@ class Lifecycle:
 
     draining: bool = False
     in_flight: int = 0  # requests being handled, streams included
-    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -42,6 +45,10 @@ class Services:
     speech: SpeechService
     metrics: Metrics
     lifecycle: Lifecycle
+    keyring: KeyRing
+    limiter: RateLimiter
+    trusted_proxies: tuple[Network, ...]
+    streams_by_client: Counter[str] = field(default_factory=Counter)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -52,10 +59,22 @@ class Services:
         cache = TieredCache(MemoryCache(settings.cache.l1_max_bytes), redis, DiskStore(settings.storage))
         synthesis = settings.synthesis
         scheduler = Scheduler(synthesis.concurrency, synthesis.max_active_requests)
+        limiter = RateLimiter(settings.limits, redis)
         speech = SpeechService(
-            synthesis, catalog, cache, scheduler, metrics, lock_ttl_s=settings.redis.lock_ttl_s
+            synthesis, catalog, cache, scheduler, metrics, limiter, lock_ttl_s=settings.redis.lock_ttl_s
         )
-        return cls(settings, catalog, cache, scheduler, speech, metrics, Lifecycle())
+        return cls(
+            settings,
+            catalog,
+            cache,
+            scheduler,
+            speech,
+            metrics,
+            Lifecycle(),
+            KeyRing(settings.admin_api_keys),
+            limiter,
+            parse_networks(settings.server.trusted_proxies),
+        )
 
     @property
     def ready(self) -> bool:
@@ -64,6 +83,7 @@ class Services:
     async def start(self) -> None:
         """Load voices off the loop; failures leave the worker alive but unready, and logged."""
         self._tasks.append(asyncio.ensure_future(self._clean_periodically()))
+        self._tasks.append(asyncio.ensure_future(self.cache.follow_invalidations()))
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.catalog.load)
         except Exception as exc:
@@ -71,7 +91,6 @@ class Services:
             logger.exception("voice loading failed")
         if self.cache.redis.enabled:
             await self.cache.redis.ping()  # logs once if Redis is down; never blocks readiness
-        self.lifecycle.started.set()
 
     async def _clean_periodically(self) -> None:
         interval = self.settings.storage.cleanup_interval_s

@@ -8,6 +8,7 @@ naming the key and the reason, which the entry points print as one line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -19,6 +20,8 @@ import yaml
 ENV_PREFIX: Final = "TTS__"
 DEFAULT_CONFIG_PATH: Final = Path("config.yaml")
 MIB: Final = 1024 * 1024
+MIN_ADMIN_KEY_CHARS: Final = 16
+SECRET_FIELDS: Final = frozenset({"admin_api_keys"})
 
 
 class SettingsError(ValueError):
@@ -54,6 +57,7 @@ class ServerSettings:
     idle_connection_timeout_s: float = _opt(60.0, low=1, high=3600)
     body_timeout_s: float = _opt(10.0, low=1, high=600)
     cors_origins: tuple[str, ...] = _opt(())
+    trusted_proxies: tuple[str, ...] = _opt(())
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,16 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    enabled: bool = _opt(True)
+    synthesis_per_minute: float = _opt(30.0, low=0.1, high=1_000_000)
+    synthesis_burst: int = _opt(15, low=1, high=1_000_000)
+    requests_per_minute: float = _opt(1200.0, low=1, high=10_000_000)
+    requests_burst: int = _opt(200, low=1, high=10_000_000)
+    streams_per_client: int = _opt(4, low=1, high=10000)
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: str = _opt("json", choices=("json", "text"))
     level: str = _opt("INFO", choices=("TRACE", "DEBUG", "INFO", "WARNING", "ERROR"))
@@ -113,7 +127,10 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # Secrets come only from the environment (or a mounted file), never from config.yaml.
+    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def worker_count(self, cores: int | None = None) -> int:
         """Configured workers, or one per two cores (each worker runs multi-threaded inference)."""
@@ -210,11 +227,29 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return overrides
 
 
+def _admin_keys(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Admin API keys from TTS_ADMIN_API_KEYS (comma-separated) and/or TTS_ADMIN_API_KEYS_FILE."""
+    keys = [k.strip() for k in environ.get("TTS_ADMIN_API_KEYS", "").split(",")]
+    path = environ.get("TTS_ADMIN_API_KEYS_FILE")
+    if path:
+        try:
+            keys += [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        except OSError as exc:
+            raise SettingsError("TTS_ADMIN_API_KEYS_FILE", f"cannot read {path}: {exc.strerror}") from None
+    keys = [k for k in keys if k]
+    for key in keys:
+        if len(key) < MIN_ADMIN_KEY_CHARS:
+            raise SettingsError(
+                "TTS_ADMIN_API_KEYS", f"every key needs at least {MIN_ADMIN_KEY_CHARS} characters"
+            )
+    return tuple(keys)
+
+
 def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Validate a parsed config mapping plus environment overrides into `Settings`."""
     if not isinstance(raw, Mapping):
         raise SettingsError("(root)", f"expected a mapping of sections, got {type(raw).__name__}")
-    sections = {f.name: f for f in fields(Settings)}
+    sections = {f.name: f for f in fields(Settings) if f.name not in SECRET_FIELDS}
     for unknown in sorted(set(raw) - set(sections)):
         raise SettingsError(str(unknown), "unknown section")
     merged: dict[str, dict[str, Any]] = {}
@@ -229,7 +264,7 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
         merged[section].update(values)
     hints = get_type_hints(Settings)
     built = {name: _build_section(name, hints[name], merged[name]) for name in sections}
-    settings = Settings(**built)
+    settings = Settings(**built, admin_api_keys=_admin_keys(environ or {}))
     schemes = (
         "redis://",
         "rediss://",
@@ -241,6 +276,11 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     )
     if settings.redis.url and not settings.redis.url.startswith(schemes):
         raise SettingsError("redis.url", f"must start with one of {', '.join(schemes)}")
+    for proxy in settings.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise SettingsError("server.trusted_proxies", f"not an address or network: {proxy!r}") from None
     if settings.server.public_url and not settings.server.public_url.startswith(("http://", "https://")):
         raise SettingsError("server.public_url", "must start with http:// or https://")
     return settings

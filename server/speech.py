@@ -25,11 +25,13 @@ from server.errors import (
     InvalidRequest,
     NotFound,
     NotReady,
+    RateLimited,
     StorageUnavailable,
     SynthesisFailed,
     TTSError,
 )
 from server.metrics import Metrics
+from server.ratelimit import SYNTHESIS, RateLimiter
 from server.request import SpeechRequest
 from server.settings import SynthesisSettings
 from server.synthesis.audio import duration_s, parse_wav, silence, to_pcm16, wav_bytes
@@ -169,10 +171,12 @@ class SpeechService:
         cache: TieredCache,
         scheduler: Scheduler,
         metrics: Metrics,
+        limiter: RateLimiter,
         *,
         lock_ttl_s: float = 30.0,
     ) -> None:
         self._settings = settings
+        self._limiter = limiter
         self._lock_ttl_s = lock_ttl_s
         self.catalog = catalog
         self.cache = cache
@@ -221,13 +225,14 @@ class SpeechService:
             self._metrics.cache_hits.labels(hit.tier).inc()
         return hit
 
-    async def synthesize(self, request: SpeechRequest) -> Audio:
+    async def synthesize(self, request: SpeechRequest, client: str = "") -> Audio:
         """The whole WAV, stored where a URL can reach it (for `/tts`)."""
         voice, speaker_id, key = self._resolve(request)
         hit = await self._lookup(key)
         if hit is not None:
             self.cache.keep_alive(key, hit.wav)
             return Audio(key, hit.wav, hit.tier)
+        await self._charge(key, client)
         flight = self._join(key, request, voice, speaker_id)
         flight.unbounded = True
         flight.took(len(flight.chunks))
@@ -244,12 +249,13 @@ class SpeechService:
             )
         return Audio(key, flight.wav, MISS)
 
-    async def stream(self, request: SpeechRequest) -> Stream:
+    async def stream(self, request: SpeechRequest, client: str = "") -> Stream:
         """A stream of PCM for `/tts/stream`: cached bytes at once, or a live flight."""
         voice, speaker_id, key = self._resolve(request)
         hit = await self._lookup(key)
         if hit is not None:
             return Stream(self, key, voice.sample_rate, hit.tier, cached=hit.wav)
+        await self._charge(key, client)
         flight = self._join(key, request, voice, speaker_id)
         flight.subscribers += 1
         return Stream(self, key, voice.sample_rate, MISS, flight=flight)
@@ -262,6 +268,14 @@ class SpeechService:
         if hit is None:
             raise NotFound("no such audio (unknown or expired)")
         return Audio(key, hit.wav, hit.tier)
+
+    async def _charge(self, key: str, client: str) -> None:
+        """A new synthesis costs a token from the client's synthesis bucket; joining one is free."""
+        if not client or not self._limiter.enabled or key in self._flights:
+            return
+        decision = await self._limiter.take(client, SYNTHESIS)
+        if not decision.allowed:
+            raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
 
     def _join(self, key: str, request: SpeechRequest, voice: Voice, speaker_id: int | None) -> Flight:
         flight = self._flights.get(key)

@@ -143,6 +143,8 @@ class ServerProcess:
             "TTS__STORAGE__DIR": str(workdir / "audio"),
             "TTS__LOGGING__FORMAT": "json",
             "TTS__SYNTHESIS__MODELS_DIR": str(workdir / "models"),
+            # Every test client is 127.0.0.1; the limit tests turn limits back on.
+            "TTS__LIMITS__ENABLED": "false",
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -187,6 +189,9 @@ class ServerProcess:
 
     def get(self, path: str, **kwargs) -> Response:
         return request(self.base, "GET", path, **kwargs)
+
+    def request_raw(self, method: str, path: str, **kwargs) -> Response:
+        return request(self.base, method, path, **kwargs)
 
     def post(self, path: str, body: object, **kwargs) -> Response:
         data = body if isinstance(body, bytes | str) else json.dumps(body)

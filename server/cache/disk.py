@@ -7,6 +7,7 @@ written to a temporary name and renamed, so readers see a whole WAV or nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -95,6 +96,35 @@ class DiskStore:
             except FileNotFoundError:
                 continue
         return removed
+
+    def _stats(self) -> dict[str, int]:
+        cutoff = time.time() - self._ttl_s
+        files = size = expired = 0
+        if self._root.is_dir():
+            for path in self._root.glob("*/*.wav"):
+                try:
+                    info = path.stat()
+                except FileNotFoundError:
+                    continue
+                files += 1
+                size += info.st_size
+                expired += info.st_mtime < cutoff
+        return {"files": files, "bytes": size, "expired": expired}
+
+    def _purge(self) -> int:
+        removed = 0
+        if self._root.is_dir():
+            for path in self._root.glob("*/*"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    async def stats(self) -> dict[str, int]:
+        return await self._run(self._stats)
+
+    async def purge(self) -> int:
+        return await self._run(self._purge)
 
     async def get(self, key: str) -> bytes | None:
         try:

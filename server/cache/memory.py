@@ -23,6 +23,10 @@ class MemoryCache:
         if self._lru is not None:
             self._lru.pop(key, None)
 
+    def clear(self) -> None:
+        if self._lru is not None:
+            self._lru.clear()
+
     @property
     def size_bytes(self) -> int:
         return 0 if self._lru is None else int(self._lru.currsize)

@@ -8,10 +8,11 @@ truncated or foreign value is a miss, never served. The client is created inside
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -147,11 +148,11 @@ class RedisCache:
         if self._failures >= self._settings.breaker_failures:
             self._open_until = self._clock() + self._settings.breaker_reset_s
 
-    async def _call(self, coro_factory):
+    async def _call(self, coro_factory, budget_s: float | None = None):
         if not self._allowed():
             return None, False
         try:
-            async with asyncio.timeout(self._settings.timeout_s * 2):
+            async with asyncio.timeout(budget_s or self._settings.timeout_s * 2):
                 result = await coro_factory(self._redis())
         except asyncio.CancelledError:
             raise
@@ -200,8 +201,51 @@ class RedisCache:
     async def release_lock(self, key: str, token: str) -> None:
         await self._call(lambda r: r.eval(_RELEASE, 1, self._lock_key(key), token))
 
+    async def eval(self, script: str, key: str, *args: object) -> Any:
+        """Run a Lua script on one key under this service's prefix; None when Redis is out."""
+        value, ok = await self._call(lambda r: r.eval(script, 1, f"{self._settings.key_prefix}{key}", *args))
+        return value if ok else None
+
     def _lock_key(self, key: str) -> str:
         return f"{self._settings.key_prefix}lock:{key}"
+
+    async def purge(self) -> int:
+        """Delete every audio entry under this service's prefix (SCAN, never KEYS)."""
+
+        async def scan_and_delete(r: Any) -> int:
+            removed = 0
+            async for name in r.scan_iter(match=f"{self._settings.key_prefix}audio:*", count=500):
+                removed += await r.delete(name)
+            return removed
+
+        # A purge walks the whole keyspace: it gets a longer budget than one command.
+        value, ok = await self._call(scan_and_delete, budget_s=60.0)
+        return int(value) if ok else 0
+
+    async def publish(self, channel: str, message: str) -> bool:
+        _, ok = await self._call(lambda r: r.publish(f"{self._settings.key_prefix}{channel}", message))
+        return ok
+
+    async def subscribe(self, channel: str) -> AsyncIterator[str]:
+        """Messages on a channel, for as long as the caller iterates; reconnects by itself."""
+        name = f"{self._settings.key_prefix}{channel}"
+        while True:
+            try:
+                pubsub = self._redis().pubsub()
+                await pubsub.subscribe(name)
+                try:
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if message is not None and message.get("type") == "message":
+                            data = message["data"]
+                            yield data.decode() if isinstance(data, bytes) else str(data)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # any failure: wait and subscribe again
+                await asyncio.sleep(self._settings.breaker_reset_s)
 
     async def ping(self) -> bool:
         _, ok = await self._call(lambda r: r.ping())

@@ -22,6 +22,8 @@ L2: Final = "l2"
 DISK: Final = "disk"
 MISS: Final = "miss"
 REFRESH_EVERY_S: Final = 60.0
+INVALIDATE_CHANNEL: Final = "invalidate"
+ALL: Final = "*"
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,32 @@ class TieredCache:
             await self.redis.put(key, wav)
 
     async def delete(self, key: str) -> None:
-        self.memory.delete(key)
-        self._refreshed.pop(key, None)
+        """Remove one entry from every tier, other workers' and replicas' L1 included."""
+        self._forget(key)
         await asyncio.gather(self.redis.delete(key), self.disk.delete(key))
+        await self.redis.publish(INVALIDATE_CHANNEL, key)
+
+    async def purge(self) -> dict[str, int]:
+        """Remove every entry from every tier."""
+        self._forget(ALL)
+        in_redis, on_disk = await asyncio.gather(self.redis.purge(), self.disk.purge())
+        await self.redis.publish(INVALIDATE_CHANNEL, ALL)
+        return {"redis": in_redis, "disk": on_disk}
+
+    def _forget(self, key: str) -> None:
+        if key == ALL:
+            self.memory.clear()
+            self._refreshed.clear()
+        else:
+            self.memory.delete(key)
+            self._refreshed.pop(key, None)
+
+    async def follow_invalidations(self) -> None:
+        """Drop L1 entries that another worker or replica deleted (runs for the worker's life)."""
+        if not self.redis.enabled:
+            return
+        async for key in self.redis.subscribe(INVALIDATE_CHANNEL):
+            self._forget(key)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

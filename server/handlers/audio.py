@@ -8,6 +8,7 @@ from typing import Final
 
 from server.errors import RangeNotSatisfiable
 from server.handlers.base import BaseHandler
+from server.ratelimit import REQUESTS
 
 _RANGE: Final = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -35,6 +36,10 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 class AudioHandler(BaseHandler):
     route = "/audio"
+
+    async def prepare(self) -> None:
+        super().prepare()
+        await self.limit(REQUESTS)
 
     async def get(self, key: str) -> None:
         """The WAV for a hash that /tts returned."""

@@ -13,7 +13,9 @@ import tornado.httputil
 import tornado.web
 from loguru import logger
 
-from server.errors import InvalidRequest, NotFound, TTSError
+from server.auth import KeyRing
+from server.clients import client_address
+from server.errors import InvalidRequest, NotFound, RateLimited, TTSError
 from server.services import Services
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -102,6 +104,35 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Access-Control-Allow-Headers", "Content-Type, X-Request-ID, Range")
             self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
+
+    # -- who is asking ---------------------------------------------------------------------------
+
+    @property
+    def client_address(self) -> str:
+        return client_address(
+            self.request.remote_ip or "",
+            self.request.headers.get("X-Forwarded-For"),
+            self.services.trusted_proxies,
+        )
+
+    @property
+    def client_id(self) -> str:
+        """The rate-limit identity: a recognized API key, else the client's address."""
+        key = self.request.headers.get("X-API-Key")
+        if key and self.services.keyring.matches(key):
+            return f"key:{KeyRing.fingerprint(key)}"
+        return f"ip:{self.client_address}"
+
+    async def limit(self, bucket: str) -> None:
+        """Take a token from this client's bucket; 429 with Retry-After when it is empty."""
+        limiter = self.services.limiter
+        if not limiter.enabled:
+            return
+        decision = await limiter.take(self.client_id, bucket)
+        for name, value in decision.headers().items():
+            self.set_header(name, value)
+        if not decision.allowed:
+            raise RateLimited("too many requests; slow down", headers=decision.headers())
 
     # -- input and output --------------------------------------------------------------------
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Final
 
 from tornado.iostream import StreamClosedError
 
-from server.errors import InvalidRequest, TTSError
+from server.errors import InvalidRequest, RateLimited, TTSError
 from server.handlers.tts import SpeechHandler
+from server.speech import Stream
 from server.synthesis.audio import CHANNELS, wav_header
 
 FORMATS: Final = ("pcm", "wav")
@@ -22,7 +25,28 @@ class StreamHandler(SpeechHandler):
         audio_format = fields.pop("format", "pcm") or "pcm"
         if audio_format not in FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(FORMATS)}")
-        stream = await self.services.speech.stream(self.speech_request(fields))
+        request = self.speech_request(fields)
+        with self._stream_slot():
+            stream = await self.services.speech.stream(request, self.client_id)
+            await self._send(stream, audio_format)
+
+    @contextlib.contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        """At most `limits.streams_per_client` concurrent streams per client (in this worker)."""
+        limits = self.services.settings.limits
+        open_streams = self.services.streams_by_client
+        client = self.client_id
+        if limits.enabled and open_streams[client] >= limits.streams_per_client:
+            raise RateLimited("too many concurrent streams for this client", retry_after_s=1)
+        open_streams[client] += 1
+        try:
+            yield
+        finally:
+            open_streams[client] -= 1
+            if open_streams[client] <= 0:
+                del open_streams[client]
+
+    async def _send(self, stream: Stream, audio_format: str) -> None:
         self._stream = stream
         self.cache_tier = stream.tier
         metrics = self.services.metrics

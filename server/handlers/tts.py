@@ -6,11 +6,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from server.handlers.base import BaseHandler
+from server.ratelimit import REQUESTS
 from server.request import SpeechRequest, parse_speech_request
 
 
 class SpeechHandler(BaseHandler):
     """Shared parsing for the routes that take text, speed and voice."""
+
+    async def prepare(self) -> None:
+        super().prepare()
+        await self.limit(REQUESTS)
 
     def speech_request(self, fields: Mapping[str, Any]) -> SpeechRequest:
         synthesis = self.services.settings.synthesis
@@ -39,7 +44,7 @@ class TTSHandler(SpeechHandler):
         await self._respond(self.speech_request(self.json_fields()))
 
     async def _respond(self, request: SpeechRequest) -> None:
-        audio = await self.services.speech.synthesize(request)
+        audio = await self.services.speech.synthesize(request, self.client_id)
         self.cache_tier = audio.tier
         self.write_json(
             {
