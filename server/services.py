@@ -89,6 +89,7 @@ class Services:
         except Exception as exc:
             self.catalog.problem = f"voice loading failed: {exc}"
             logger.exception("voice loading failed")
+        self.speech.loaded()
         if self.cache.redis.enabled:
             await self.cache.redis.ping()  # logs once if Redis is down; never blocks readiness
 

@@ -9,6 +9,7 @@ completes, the WAV goes into the cache tiers; when its last stream goes away fir
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ from server.synthesis.voice import Voice
 
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
 LOCK_POLL_S: Final = 0.05
+STARTUP_WAIT_S: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Flight:
         self.subscribers = 0
         self.consumed = 0  # most chunks any subscriber has taken: paces the producer
         self.unbounded = False  # a /tts caller wants it all: no pacing
+        self.abandoned = False  # every subscriber left before it finished
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -101,6 +104,10 @@ class Flight:
             self.stored.set_result(False)
         self._notify()
 
+    def abandon(self) -> None:
+        self.abandoned = True
+        self._notify()
+
     def took(self, count: int) -> None:
         if count > self.consumed:
             self.consumed = count
@@ -108,7 +115,7 @@ class Flight:
 
     async def room_for(self, index: int, lookahead: int) -> None:
         """Wait until producing chunk `index` keeps within `lookahead` of the fastest reader."""
-        while not self.unbounded and index - self.consumed >= lookahead:
+        while not self.unbounded and not self.abandoned and index - self.consumed >= lookahead:
             await self.changed()
 
     async def read(self) -> AsyncIterator[bytes]:
@@ -183,6 +190,7 @@ class SpeechService:
         self.scheduler = scheduler
         self._metrics = metrics
         self._flights: dict[str, Flight] = {}
+        self._loaded = asyncio.Event()
         # espeak is serialized anyway; its own thread keeps phonemizing from queueing behind
         # inference, which would delay every new request's first chunk.
         self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="phonemize")
@@ -195,9 +203,22 @@ class SpeechService:
         s = self._settings
         return (s.gain, s.sentence_silence_s, s.fade_ms, s.first_chunk_max_phonemes, s.chunk_max_phonemes)
 
-    def _resolve(self, request: SpeechRequest) -> tuple[Voice, int | None, str]:
+    def loaded(self) -> None:
+        """Voice loading ended (ready or not): requests waiting for it go on."""
+        self._loaded.set()
+
+    async def _until_ready(self) -> None:
+        # A worker that gunicorn just (re)started shares the listening socket with ready ones,
+        # so it may get requests while its voices load (about a second): hold them briefly
+        # rather than fail them.
         if not self.catalog.ready:
-            raise NotReady("voices are still loading", retry_after_s=2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._loaded.wait(), STARTUP_WAIT_S)
+        if not self.catalog.ready:
+            raise NotReady(self.catalog.problem or "voices are still loading", retry_after_s=2)
+
+    async def _resolve(self, request: SpeechRequest) -> tuple[Voice, int | None, str]:
+        await self._until_ready()
         voice = self.catalog.get(request.voice)
         try:
             speaker_id = voice.speaker_id(request.speaker)
@@ -227,7 +248,7 @@ class SpeechService:
 
     async def synthesize(self, request: SpeechRequest, client: str = "") -> Audio:
         """The whole WAV, stored where a URL can reach it (for `/tts`)."""
-        voice, speaker_id, key = self._resolve(request)
+        voice, speaker_id, key = await self._resolve(request)
         hit = await self._lookup(key)
         if hit is not None:
             self.cache.keep_alive(key, hit.wav)
@@ -251,7 +272,7 @@ class SpeechService:
 
     async def stream(self, request: SpeechRequest, client: str = "") -> Stream:
         """A stream of PCM for `/tts/stream`: cached bytes at once, or a live flight."""
-        voice, speaker_id, key = self._resolve(request)
+        voice, speaker_id, key = await self._resolve(request)
         hit = await self._lookup(key)
         if hit is not None:
             return Stream(self, key, voice.sample_rate, hit.tier, cached=hit.wav)
@@ -279,7 +300,7 @@ class SpeechService:
 
     def _join(self, key: str, request: SpeechRequest, voice: Voice, speaker_id: int | None) -> Flight:
         flight = self._flights.get(key)
-        if flight is not None and flight.error is None:
+        if flight is not None and flight.error is None and not flight.abandoned:
             return flight
         admission = self.scheduler.admit()  # raises Overloaded before anything starts
         flight = Flight(key, voice.sample_rate, asyncio.get_running_loop().time())
@@ -290,7 +311,13 @@ class SpeechService:
     def unsubscribe(self, flight: Flight) -> None:
         flight.subscribers -= 1
         if flight.subscribers <= 0 and not flight.finished and flight.task is not None:
+            # Cancelling is the fast path; the flag is the guarantee, because a library awaited
+            # inside the producer may swallow a cancellation (redis-py and Python 3.11's wait_for
+            # both can, when it coincides with a result).
+            flight.abandon()
             flight.task.cancel()
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]  # a new request for the key starts afresh
 
     async def _produce(
         self,
@@ -322,6 +349,8 @@ class SpeechService:
                 audio_s = 0.0
                 for index, chunk in enumerate(plan):
                     await flight.room_for(index, self._settings.lookahead_chunks)
+                    if flight.abandoned:
+                        raise asyncio.CancelledError
                     deadline = flight.created if index == 0 else first_at + audio_s
                     render = partial(
                         self._render, voice, chunk, request.length_scale, speaker_id, index == len(plan) - 1

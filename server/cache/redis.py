@@ -152,15 +152,34 @@ class RedisCache:
         if not self._allowed():
             return None, False
         try:
-            async with asyncio.timeout(budget_s or self._settings.timeout_s * 2):
-                result = await coro_factory(self._redis())
+            # wait_for runs the command in its own task. Awaited directly, redis-py 8 sometimes
+            # swallows a cancellation that lands mid-command, so a cancelled synthesis (client
+            # gone) would carry on; through wait_for the caller's cancellation always wins.
+            result = await asyncio.wait_for(
+                coro_factory(self._redis()), budget_s or self._settings.timeout_s * 2
+            )
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for returns the result when it lands together with a
+                # cancellation, dropping the cancellation: honour it here.
+                raise asyncio.CancelledError
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._failed(exc)
+            if not self._allowed():
+                await self._disconnect_pool()
             return None, False
         self._succeeded()
         return result, True
+
+    async def _disconnect_pool(self) -> None:
+        # Idle pooled connections opened before an outage each fail once when reused, and each
+        # such failure would re-open the breaker after Redis is back: start afresh instead.
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect()
 
     async def get(self, key: str) -> bytes | None:
         value, ok = await self._call(lambda r: r.get(self._key(key)))
@@ -230,6 +249,9 @@ class RedisCache:
         """Messages on a channel, for as long as the caller iterates; reconnects by itself."""
         name = f"{self._settings.key_prefix}{channel}"
         while True:
+            if not self._allowed():  # the breaker is open: leave Redis alone until it closes
+                await asyncio.sleep(self._settings.breaker_reset_s)
+                continue
             try:
                 pubsub = self._redis().pubsub()
                 await pubsub.subscribe(name)
@@ -246,6 +268,17 @@ class RedisCache:
                 raise
             except Exception:  # any failure: wait and subscribe again
                 await asyncio.sleep(self._settings.breaker_reset_s)
+
+    def pool_stats(self) -> dict[str, int] | None:
+        """Connections in use and idle (single-node and Sentinel clients), for leak checks."""
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is None:
+            return None
+        # redis-py keeps no public counters; these two containers are its pool's whole state.
+        return {
+            "in_use": len(getattr(pool, "_in_use_connections", ())),
+            "idle": len(getattr(pool, "_available_connections", ())),
+        }
 
     async def ping(self) -> bool:
         _, ok = await self._call(lambda r: r.ping())

@@ -5,7 +5,9 @@ Off (404) unless admin keys are configured; every call needs a valid `X-API-Key`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -97,6 +99,41 @@ class PurgeHandler(AdminHandler):
             raise InvalidRequest('the body must be {"hash": "<64 hex digits>"} or {"all": true}')
         await self.services.cache.delete(key)
         self.write_json({"purged": key})
+
+
+class RuntimeHandler(AdminHandler):
+    route = "/admin/runtime"
+
+    def get(self) -> None:
+        """This worker's moving parts, to check that nothing leaks (tasks, slots, connections)."""
+        services = self.services
+        scheduler = services.scheduler
+        self.write_json(
+            {
+                "pid": os.getpid(),
+                "rss_bytes": resident_bytes(),
+                "asyncio_tasks": len(asyncio.all_tasks()),
+                "in_flight_requests": services.lifecycle.in_flight,
+                "syntheses": services.speech.flights,
+                "scheduler": {
+                    "admitted": scheduler.active,
+                    "queued": scheduler.queued,
+                    "running": scheduler.running,
+                },
+                "open_streams": sum(services.streams_by_client.values()),
+                "redis": {"state": services.cache.redis.state, "pool": services.cache.redis.pool_stats()},
+                "l1_bytes": services.cache.memory.size_bytes,
+            }
+        )
+
+
+def resident_bytes() -> int:
+    """Resident set size from /proc (Linux) without another dependency; 0 where unavailable."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class ConfigHandler(AdminHandler):
