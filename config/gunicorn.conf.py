@@ -28,6 +28,10 @@ keepalive = int(_settings.server.idle_connection_timeout_s)
 preload_app = False  # models and Redis clients are made in each worker, after the fork
 accesslog = None  # the app logs each request itself, as JSON
 proc_name = "tts-server"
+# gunicorn >= 25.1 opens a control socket at ~/.gunicorn/gunicorn.ctl by default: nothing here uses
+# it, every instance of a user shares (and unlinks) that one path, and the image's user has no
+# writable home, so it would only log a warning at each start.
+control_socket_disable = True
 
 # Metrics from every worker are summed through files in this directory.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -15,16 +15,17 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import tornado.web
 from gunicorn.workers.base import Worker
 from loguru import logger
 from tornado.httpserver import HTTPServer
 
-from server.app import make_app
-from server.logs import configure_logging
-from server.services import Services
 from server.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 TICK_S = 0.25
 
@@ -36,6 +37,13 @@ def create_app() -> tornado.web.Application:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
+    # Imported here, not at the top: the gunicorn master imports this module for the worker class,
+    # and onnxruntime (with numpy's OpenBLAS) starts threads on import; a worker forked from a
+    # process holding them aborts at exit ("std::system_error: Invalid argument").
+    from server.app import make_app
+    from server.logs import configure_logging
+    from server.services import Services
+
     configure_logging(settings.logging)
     return make_app(settings, Services.build(settings))
 
@@ -45,7 +53,9 @@ def make_http_server(app: tornado.web.Application, settings: Settings) -> HTTPSe
     server = settings.server
     return HTTPServer(
         app,
-        max_body_size=server.max_body_bytes,
+        # Bodies up to this are read and answered with a JSON 413 by the handler (max_body_bytes
+        # is enforced there); past it Tornado can only drop the connection without an answer.
+        max_body_size=max(4 * server.max_body_bytes, 1 << 20),
         max_buffer_size=max(server.max_body_bytes, 1 << 20),
         max_header_size=server.max_header_bytes,
         idle_connection_timeout=server.idle_connection_timeout_s,
@@ -79,10 +89,17 @@ async def drain(server: HTTPServer, services: Services, grace_s: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
     logger.info("draining: {} requests in flight, up to {}s", lifecycle.in_flight, grace_s)
-    while lifecycle.in_flight > 0 and loop.time() < deadline:
+    # Flights too: a stream ends when its last chunk is sent, before its WAV is stored (and its
+    # Redis lock released); closing the services then would cancel that and lose the audio.
+    speech = services.speech
+    while (lifecycle.in_flight > 0 or speech.flights > 0) and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    if lifecycle.in_flight:
-        logger.warning("grace period over with {} requests in flight", lifecycle.in_flight)
+    if lifecycle.in_flight or speech.flights:
+        logger.warning(
+            "grace period over with {} requests and {} syntheses in flight",
+            lifecycle.in_flight,
+            speech.flights,
+        )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
     await services.close()
