@@ -10,10 +10,12 @@ from server.handlers.admin import (
     CleanupHandler,
     ConfigHandler,
     PurgeHandler,
+    RuntimeHandler,
     StorageHandler,
 )
 from server.handlers.audio import AudioHandler
 from server.handlers.base import NotFoundHandler
+from server.handlers.docs import OpenAPIHandler
 from server.handlers.health import HealthHandler, MetricsHandler, ReadyHandler
 from server.handlers.player import PlayerHandler
 from server.handlers.stream import StreamHandler
@@ -33,11 +35,13 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler),
         (r"/metrics", MetricsHandler),
+        (r"/openapi\.json", OpenAPIHandler),
         (r"/admin/storage", StorageHandler),
         (r"/admin/cleanup", CleanupHandler),
         (r"/admin/audio/([^/]*)", AdminAudioHandler),
         (r"/admin/purge", PurgeHandler),
         (r"/admin/config", ConfigHandler),
+        (r"/admin/runtime", RuntimeHandler),
         (r"/admin/.*", AdminHandler),
     ]
     return tornado.web.Application(
@@ -47,4 +51,7 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         compress_response=False,  # audio does not compress; JSON answers are small
         xheaders=False,
         serve_traceback=False,
+        # BaseHandler writes its own JSON access line; Tornado's would add the query string,
+        # that is the user's text, in plain text.
+        log_function=lambda handler: None,
     )

@@ -36,6 +36,10 @@ class TextTooLong(TTSError):
     status, code = 413, "text_too_long"
 
 
+class BodyTooLarge(TTSError):
+    status, code = 413, "body_too_large"
+
+
 class Unauthorized(TTSError):
     status, code = 401, "unauthorized"
 

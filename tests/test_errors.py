@@ -13,6 +13,7 @@ EXPECTED = {
     errors.Unauthorized: (401, "unauthorized"),
     errors.NotFound: (404, "not_found"),
     errors.TextTooLong: (413, "text_too_long"),
+    errors.BodyTooLarge: (413, "body_too_large"),
     errors.RangeNotSatisfiable: (416, "range_not_satisfiable"),
     errors.RateLimited: (429, "rate_limited"),
     errors.SynthesisFailed: (500, "synthesis_failed"),

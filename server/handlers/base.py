@@ -15,11 +15,18 @@ from loguru import logger
 
 from server.auth import KeyRing
 from server.clients import client_address
-from server.errors import InvalidRequest, NotFound, RateLimited, TTSError
+from server.errors import BodyTooLarge, InvalidRequest, NotFound, RateLimited, TTSError
 from server.services import Services
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 _SAFE_REQUEST_ID: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+ANY_ORIGIN: Final = "*"
+# Beyond the CORS-safelisted ones, the response headers a browser client may read.
+EXPOSED_HEADERS: Final = (
+    "X-Request-ID, X-Audio-Sample-Rate, X-Audio-Channels, X-Audio-Format, X-Audio-Hash, X-Cache, "
+    "Content-Length, Content-Range, ETag, Retry-After, RateLimit-Limit, RateLimit-Remaining, "
+    "RateLimit-Reset"
+)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -38,6 +45,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.text_chars: int | None = None
         self.services.lifecycle.in_flight += 1
         self._counted = True
+        limit = self.services.settings.server.max_body_bytes
+        if len(self.request.body) > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
 
     def on_finish(self) -> None:
         self._done()
@@ -86,22 +96,27 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Cache-Control", "no-store")
-        origin = self.request.headers.get("Origin")
-        if origin is not None:
+        allowed = self.services.settings.server.cors_origins
+        if allowed and ANY_ORIGIN not in allowed:
+            # The answer depends on the Origin, so no cache may hand one origin's answer to another.
             self.add_header("Vary", "Origin")
-            if origin != "null" and origin in self.services.settings.server.cors_origins:
-                self.set_header("Access-Control-Allow-Origin", origin)
-                self.set_header(
-                    "Access-Control-Expose-Headers",
-                    "X-Request-ID, X-Audio-Sample-Rate, X-Audio-Channels, "
-                    "X-Audio-Format, X-Cache, Content-Length, Content-Range",
-                )
+        origin = self.request.headers.get("Origin")
+        if origin is None or origin == "null":
+            return  # "null" is what sandboxed frames and file: pages send: never trusted
+        if ANY_ORIGIN in allowed:
+            # Never with Allow-Credentials: "*" is only for public, cookie-less use.
+            self.set_header("Access-Control-Allow-Origin", ANY_ORIGIN)
+        elif origin in allowed:
+            self.set_header("Access-Control-Allow-Origin", origin)
+        else:
+            return
+        self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
 
     def options(self, *args: Any) -> None:
         """CORS preflight: allowed origins get the methods and headers they may use."""
         if "Access-Control-Allow-Origin" in self._headers:
             self.set_header("Access-Control-Allow-Methods", "GET, POST, HEAD, OPTIONS")
-            self.set_header("Access-Control-Allow-Headers", "Content-Type, X-Request-ID, Range")
+            self.set_header("Access-Control-Allow-Headers", "Content-Type, X-Request-ID, X-API-Key, Range")
             self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
 
@@ -126,10 +141,12 @@ class BaseHandler(tornado.web.RequestHandler):
     async def limit(self, bucket: str) -> None:
         """Take a token from this client's bucket; 429 with Retry-After when it is empty."""
         limiter = self.services.limiter
-        if not limiter.enabled:
-            return
+        if not limiter.enabled or self.request.method == "OPTIONS":
+            return  # a preflight does no work, and a refused one hides the 429 from the page
         decision = await limiter.take(self.client_id, bucket)
-        for name, value in decision.headers().items():
+        # Kept to be sent again on an error answer, which starts from cleared headers.
+        self._limit_headers = decision.headers()
+        for name, value in self._limit_headers.items():
             self.set_header(name, value)
         if not decision.allowed:
             raise RateLimited("too many requests; slow down", headers=decision.headers())
@@ -160,6 +177,15 @@ class BaseHandler(tornado.web.RequestHandler):
             raise InvalidRequest("the body must be a JSON object")
         return body
 
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (for the Allow header RFC 9110 requires on a 405)."""
+        base = tornado.web.RequestHandler
+        return [
+            method
+            for method in self.SUPPORTED_METHODS
+            if getattr(type(self), method.lower()) is not getattr(base, method.lower())
+        ]
+
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -168,12 +194,16 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error is JSON; unexpected ones are logged with their traceback and say nothing."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        for name, value in getattr(self, "_limit_headers", {}).items():
+            self.set_header(name, value)
         if isinstance(exc, TTSError):
             code, message = exc.code, exc.message
             for name, value in exc.headers.items():
                 self.set_header(name, value)
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
             code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "bad_request")
+            if status_code == 405:
+                self.set_header("Allow", ", ".join(self.allowed_methods()))
             message = exc.log_message if code == "bad_request" and exc.log_message else self._reason
         else:
             code, message = "internal_error", "internal server error"
