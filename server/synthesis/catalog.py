@@ -16,6 +16,14 @@ from server.settings import Settings
 from server.synthesis.voice import CUDA, RuntimeOptions, Voice, VoiceFiles
 
 WARMUP_TEXT = "Ready."
+# On CUDA, kernels (and cuDNN's algorithm choice) are picked per input shape on first use, so the
+# warm-up covers the lengths requests bring: a word, a first-chunk clause, a long sentence.
+CUDA_WARMUP_TEXTS = (
+    WARMUP_TEXT,
+    "The first chunk of a stream is a short clause, like this one,",
+    "A whole sentence of ordinary length follows the first chunk, and it carries on for a while, "
+    "through several clauses and some punctuation, until it reaches the length of a long sentence.",
+)
 
 
 def bundled_voice() -> VoiceFiles | None:
@@ -75,6 +83,9 @@ class VoiceCatalog:
             provider=synthesis.provider,
             intra_op_threads=self._settings.intra_op_threads(),
             cuda_device_id=synthesis.cuda_device_id,
+            cuda_mem_limit_bytes=synthesis.cuda_mem_limit_bytes,
+            cudnn_conv_algo_search=synthesis.cudnn_conv_algo_search,
+            cuda_copy_in_default_stream=synthesis.cuda_copy_in_default_stream,
         )
         files = discover(self._settings)
         for voice_files in files:
@@ -96,8 +107,10 @@ class VoiceCatalog:
 
     @staticmethod
     def _warm_up(voice: Voice) -> None:
-        for sentence in voice.phonemize(WARMUP_TEXT):
-            voice.infer(voice.phoneme_ids(sentence), 1.0, voice.speaker_id(None))
+        texts = CUDA_WARMUP_TEXTS if voice.provider == CUDA else (WARMUP_TEXT,)
+        for text in texts:
+            for sentence in voice.phonemize(text):
+                voice.infer(voice.phoneme_ids(sentence), 1.0, voice.speaker_id(None))
 
     def get(self, voice_id: str) -> Voice:
         voice = self._voices.get(voice_id)

@@ -49,6 +49,21 @@ class RuntimeOptions:
     provider: str = "auto"  # auto | cpu | cuda
     intra_op_threads: int = 1
     cuda_device_id: int = 0
+    cuda_mem_limit_bytes: int = 0  # 0: no cap
+    cudnn_conv_algo_search: str = "HEURISTIC"
+    cuda_copy_in_default_stream: bool = True
+
+    def cuda_provider_options(self) -> dict[str, str]:
+        """CUDAExecutionProvider options, as onnxruntime documents them (string values)."""
+        options = {
+            "device_id": str(self.cuda_device_id),
+            "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+            "do_copy_in_default_stream": "1" if self.cuda_copy_in_default_stream else "0",
+            "arena_extend_strategy": "kSameAsRequested",
+        }
+        if self.cuda_mem_limit_bytes:
+            options["gpu_mem_limit"] = str(self.cuda_mem_limit_bytes)
+        return options
 
 
 @dataclass
@@ -173,7 +188,7 @@ def _make_session(model: Path, options: RuntimeOptions) -> ort.InferenceSession:
             except Exception as exc:
                 logger.warning("could not preload CUDA libraries: {}", exc)
         if CUDA in ort.get_available_providers():
-            providers = [(CUDA, {"device_id": options.cuda_device_id}), CPU]
+            providers = [(CUDA, options.cuda_provider_options()), CPU]
         elif options.provider == "cuda":
             logger.warning("CUDA requested but onnxruntime offers only {}", ort.get_available_providers())
     return ort.InferenceSession(str(model), sess_options=session_options, providers=providers)
