@@ -347,21 +347,27 @@ class SpeechService:
                     raise InvalidRequest("text has nothing to speak")
                 first_at = 0.0
                 audio_s = 0.0
+                seconds_per_phoneme = 0.0  # this flight's measured inference cost
                 for index, chunk in enumerate(plan):
                     await flight.room_for(index, self._settings.lookahead_chunks)
                     if flight.abandoned:
                         raise asyncio.CancelledError
-                    deadline = flight.created if index == 0 else first_at + audio_s
+                    # A later chunk must *finish* before the listener runs dry, so it has to start
+                    # its own (estimated) inference time earlier than that moment.
+                    run_dry_at = first_at + audio_s
+                    estimate = seconds_per_phoneme * len(chunk.phonemes)
+                    deadline = flight.created if index == 0 else run_dry_at - estimate
                     render = partial(
                         self._render, voice, chunk, request.length_scale, speaker_id, index == len(plan) - 1
                     )
                     self._metrics.queue_depth.inc()
                     try:
-                        pcm = await self.scheduler.run(render, deadline)
+                        pcm, compute_s = await self.scheduler.run(render, deadline)
                     finally:
                         self._metrics.queue_depth.dec()
                     if index == 0:
                         first_at = loop.time()
+                    seconds_per_phoneme = compute_s / max(1, len(chunk.phonemes))
                     audio_s += duration_s(voice.sample_rate, len(pcm))
                     flight.append(pcm)
                     if lock_token is not None:
@@ -420,8 +426,8 @@ class SpeechService:
 
     def _render(
         self, voice: Voice, chunk: Chunk, length_scale: float, speaker_id: int | None, last: bool
-    ) -> bytes:
-        """Blocking, in an inference thread: one chunk of phonemes to faded PCM."""
+    ) -> tuple[bytes, float]:
+        """Blocking, in an inference thread: one chunk of phonemes to faded PCM, and its compute time."""
         started = time.perf_counter()
         samples = voice.infer(voice.phoneme_ids(chunk.phonemes), length_scale, speaker_id)
         elapsed = time.perf_counter() - started
@@ -436,7 +442,7 @@ class SpeechService:
             m.real_time_factor.labels(voice.voice_id).observe(elapsed / seconds)
         if chunk.ends_sentence and not last:
             pcm += silence(voice.sample_rate, self._settings.sentence_silence_s)
-        return pcm
+        return pcm, elapsed
 
     async def close(self) -> None:
         for flight in list(self._flights.values()):

@@ -17,11 +17,12 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from loguru import logger
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import MaxConnectionsError
 
 from server.settings import RedisSettings
 
@@ -87,7 +88,10 @@ def connect(settings: RedisSettings) -> Any:
             **options,
         )
         return sentinel.master_for(path[0])
-    return Redis.from_url(url, health_check_interval=30, **options)
+    # A blocking pool makes a burst of lookups wait (up to the timeout) for a free connection;
+    # the default pool raises at once when all are busy, which would look like an outage.
+    pool = BlockingConnectionPool.from_url(url, timeout=timeout, health_check_interval=30, **options)
+    return Redis(connection_pool=pool)
 
 
 class RedisCache:
@@ -165,6 +169,8 @@ class RedisCache:
                 raise asyncio.CancelledError
         except asyncio.CancelledError:
             raise
+        except MaxConnectionsError:
+            return None, False  # our own pool is busy (Sentinel, Cluster): a miss, not an outage
         except Exception as exc:
             self._failed(exc)
             if not self._allowed():
@@ -286,5 +292,9 @@ class RedisCache:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            if isinstance(self._client, Redis):
+                # The client was given its pool, so it would not close it by itself.
+                await self._client.aclose(close_connection_pool=True)
+            else:
+                await self._client.aclose()
             self._client = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ EOS: Final = "$"
 PAD: Final = "_"
 CUDA: Final = "CUDAExecutionProvider"
 CPU: Final = "CPUExecutionProvider"
+
+PHONEMIZE_PIECE_CHARS: Final = 400
+_SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
 
 # espeak-ng keeps global state and is not thread-safe; every phonemize call goes through this.
 _ESPEAK_LOCK: Final = threading.Lock()
@@ -118,10 +122,16 @@ class Voice:
 
     def phonemize(self, text: str) -> list[list[str]]:
         """Sentences of phonemes (espeak splits sentences; codepoint voices get one sentence)."""
-        with _ESPEAK_LOCK:
-            if self.phoneme_type == "text":
+        if self.phoneme_type == "text":
+            with _ESPEAK_LOCK:
                 return phonemize_codepoints(text)
-            return phonemize_espeak(text, self.espeak_voice)
+        sentences: list[list[str]] = []
+        # espeak holds the GIL for the whole call (about 5 ms per 1,000 characters), which would
+        # stall the IOLoop thread; pieces of a few sentences let it run in between.
+        for piece in _pieces(text, PHONEMIZE_PIECE_CHARS):
+            with _ESPEAK_LOCK:
+                sentences.extend(s for s in phonemize_espeak(piece, self.espeak_voice) if s)
+        return sentences or [[]]
 
     def phoneme_ids(self, phonemes: Sequence[str]) -> list[int]:
         """Piper's mapping: BOS, each known phoneme followed by a pad, EOS; unknown ones skipped."""
@@ -159,6 +169,20 @@ class Voice:
         if speaker_id is not None:
             inputs["sid"] = np.array([speaker_id], dtype=np.int64)
         return self.session.run(None, inputs)[0].reshape(-1)
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """Split at sentence ends into pieces of about `limit` characters (never inside a sentence)."""
+    pieces: list[str] = []
+    current = ""
+    for sentence in _SENTENCE_END.split(text):
+        if current and len(current) + len(sentence) > limit:
+            pieces.append(current)
+            current = ""
+        current = f"{current} {sentence}" if current else sentence
+    if current:
+        pieces.append(current)
+    return pieces
 
 
 def _file_digest(path: Path) -> str:

