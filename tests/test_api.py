@@ -387,30 +387,28 @@ def test_readyz_is_503_loading_until_the_voices_are_loaded(make_server):
     assert set(seen) == {(503, "loading"), (200, "ready")}
 
 
+def first_answer(server: ServerProcess, path: str) -> Response:
+    """The first answer from a server that is still starting (it may not listen yet)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            return server.get(path, timeout=60)
+        time.sleep(0.01)
+    raise AssertionError(f"no answer to {path} in 90 s")
+
+
 def test_tts_arriving_while_voices_load_waits_for_them_instead_of_failing(make_server):
     # A restarted gunicorn worker shares the socket with ready ones, so it can be handed requests
     # during its second of loading: they wait for the voices rather than fail.
     server = make_server(wait_ready=False)
-    resp = None
-    deadline = time.monotonic() + 90
-    while resp is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            resp = server.get("/tts?text=Early.", timeout=60)
-        time.sleep(0.01)
-    assert resp is not None
+    resp = first_answer(server, "/tts?text=Early.")
     assert resp.status == 200
     assert resp.json()["cache"] == "miss"
 
 
-def test_tts_is_503_not_ready_when_voices_cannot_load(make_server, tmp_path):
+def test_tts_is_503_not_ready_when_voices_cannot_load(make_server):
     server = make_server({"TTS__SYNTHESIS__DEFAULT_VOICE": "no-such-voice"}, wait_ready=False)
-    resp = None
-    deadline = time.monotonic() + 90
-    while resp is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            resp = server.get("/tts?text=Never.", timeout=60)
-        time.sleep(0.05)
-    assert resp is not None
+    resp = first_answer(server, "/tts?text=Never.")
     assert_error(resp, 503, "not_ready")
     assert resp.headers["Retry-After"] == "2"
     assert server.get("/readyz").json()["status"] == "unready"
