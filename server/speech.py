@@ -155,7 +155,7 @@ class Stream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._cached is not None:
-            pcm = memoryview(self._cached)[44:]
+            pcm = parse_wav(self._cached)[1]
             for start in range(0, len(pcm), CACHED_SLICE_BYTES):
                 yield bytes(pcm[start : start + CACHED_SLICE_BYTES])
             return
