@@ -22,6 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128)
 RTF_BUCKETS: Final = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
 
 
@@ -40,11 +41,14 @@ class Metrics:
             registry=r,
         )
         self.inferences = Counter(
-            "tts_inferences_total", "Inference calls (one per chunk).", ["voice"], registry=r
+            "tts_inferences_total",
+            "Chunks synthesized (each chunk of a batch counts).",
+            ["voice"],
+            registry=r,
         )
         self.synthesis_seconds = Histogram(
             "tts_synthesis_seconds",
-            "Inference time per chunk.",
+            "Inference time per chunk (a batch's time shared out by phonemes).",
             ["voice"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -57,6 +61,12 @@ class Metrics:
             "Inference time over audio duration, per chunk.",
             ["voice"],
             buckets=RTF_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tts_inference_batch_size",
+            "Chunks per inference call (more than one when batching).",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.cache_hits = Counter("tts_cache_hits_total", "Cache hits by tier.", ["tier"], registry=r)

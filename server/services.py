@@ -58,7 +58,12 @@ class Services:
         redis = RedisCache(settings.redis, on_error=metrics.redis_errors.inc)
         cache = TieredCache(MemoryCache(settings.cache.l1_max_bytes), redis, DiskStore(settings.storage))
         synthesis = settings.synthesis
-        scheduler = Scheduler(synthesis.concurrency, synthesis.max_active_requests)
+        scheduler = Scheduler(
+            synthesis.concurrency,
+            synthesis.max_active_requests,
+            window_s=synthesis.batch_window_ms / 1000,
+            max_padding=synthesis.batch_max_padding,
+        )
         limiter = RateLimiter(settings.limits, redis)
         speech = SpeechService(
             synthesis, catalog, cache, scheduler, metrics, limiter, lock_ttl_s=settings.redis.lock_ttl_s

@@ -2,7 +2,8 @@
 
 Every miss becomes one `Flight`: a synthesis shared by all concurrent requests for the same key
 (single-flight). A flight phonemizes the text, plans chunks, and runs them one by one through the
-scheduler; subscribers (streams and `/tts` calls) read its chunks as they arrive. When it
+scheduler, which may run a chunk in one batch with other flights' chunks of the same voice and
+speed; subscribers (streams and `/tts` calls) read its chunks as they arrive. When it
 completes, the WAV goes into the cache tiers; when its last stream goes away first, it stops.
 """
 
@@ -44,6 +45,15 @@ from server.synthesis.voice import Voice
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
 LOCK_POLL_S: Final = 0.05
 STARTUP_WAIT_S: Final = 30.0
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One chunk of one flight, as it travels through a (perhaps shared) inference call."""
+
+    chunk: Chunk
+    speaker_id: int | None
+    last: bool
 
 
 @dataclass(frozen=True)
@@ -357,12 +367,17 @@ class SpeechService:
                     run_dry_at = first_at + audio_s
                     estimate = seconds_per_phoneme * len(chunk.phonemes)
                     deadline = flight.created if index == 0 else run_dry_at - estimate
-                    render = partial(
-                        self._render, voice, chunk, request.length_scale, speaker_id, index == len(plan) - 1
-                    )
+                    part = _Part(chunk, speaker_id, last=index == len(plan) - 1)
                     self._metrics.queue_depth.inc()
                     try:
-                        pcm, compute_s = await self.scheduler.run(render, deadline)
+                        pcm, compute_s = await self.scheduler.run_batched(
+                            partial(self._render, voice, request.length_scale),
+                            part,
+                            deadline,
+                            key=(voice.voice_id, request.length_scale),
+                            size=len(chunk.phonemes) + 2,
+                            limit=voice.batch_limit,
+                        )
                     finally:
                         self._metrics.queue_depth.dec()
                     if index == 0:
@@ -424,25 +439,34 @@ class SpeechService:
                         return wav, None
                     break  # the holder died or gave up: try to take the lock
 
-    def _render(
-        self, voice: Voice, chunk: Chunk, length_scale: float, speaker_id: int | None, last: bool
-    ) -> tuple[bytes, float]:
-        """Blocking, in an inference thread: one chunk of phonemes to faded PCM, and its compute time."""
+    def _render(self, voice: Voice, length_scale: float, parts: list[_Part]) -> list[tuple[bytes, float]]:
+        """Blocking, in an inference thread: chunks to faded PCM in one call, with its compute time.
+
+        Every part gets the whole call's time: that is how long its flight waited for it, which is
+        what the flight's deadline estimate needs. Metrics share the time out by phonemes.
+        """
         started = time.perf_counter()
-        samples = voice.infer(voice.phoneme_ids(chunk.phonemes), length_scale, speaker_id)
+        rows = [voice.phoneme_ids(part.chunk.phonemes) for part in parts]
+        outputs = voice.infer_batch(rows, length_scale, [part.speaker_id for part in parts])
         elapsed = time.perf_counter() - started
         fade = int(voice.sample_rate * self._settings.fade_ms / 1000)
-        pcm = to_pcm16(samples, self._settings.gain, fade)
-        seconds = samples.size / voice.sample_rate
         m = self._metrics
-        m.inferences.labels(voice.voice_id).inc()
-        m.synthesis_seconds.labels(voice.voice_id).observe(elapsed)
-        m.audio_seconds.labels(voice.voice_id).inc(seconds)
-        if seconds > 0:
-            m.real_time_factor.labels(voice.voice_id).observe(elapsed / seconds)
-        if chunk.ends_sentence and not last:
-            pcm += silence(voice.sample_rate, self._settings.sentence_silence_s)
-        return pcm, elapsed
+        m.batch_size.observe(len(parts))
+        total_ids = sum(len(row) for row in rows)
+        rendered: list[tuple[bytes, float]] = []
+        for part, row, samples in zip(parts, rows, outputs, strict=True):
+            pcm = to_pcm16(samples, self._settings.gain, fade)
+            seconds = samples.size / voice.sample_rate
+            share = elapsed * len(row) / total_ids
+            m.inferences.labels(voice.voice_id).inc()
+            m.synthesis_seconds.labels(voice.voice_id).observe(share)
+            m.audio_seconds.labels(voice.voice_id).inc(seconds)
+            if seconds > 0:
+                m.real_time_factor.labels(voice.voice_id).observe(share / seconds)
+            if part.chunk.ends_sentence and not part.last:
+                pcm += silence(voice.sample_rate, self._settings.sentence_silence_s)
+            rendered.append((pcm, elapsed))
+        return rendered
 
     async def close(self) -> None:
         for flight in list(self._flights.values()):

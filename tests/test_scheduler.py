@@ -18,8 +18,12 @@ WAIT_S = 30  # generous: only a broken scheduler ever waits this long
 
 
 @contextmanager
-def scheduler(concurrency: int = 1, max_active: int = 16) -> Iterator[Scheduler]:
-    sched = Scheduler(concurrency=concurrency, max_active=max_active)
+def scheduler(
+    concurrency: int = 1, max_active: int = 16, window_s: float = 0.0, max_padding: float = 1.0
+) -> Iterator[Scheduler]:
+    sched = Scheduler(
+        concurrency=concurrency, max_active=max_active, window_s=window_s, max_padding=max_padding
+    )
     try:
         yield sched
     finally:
@@ -189,3 +193,198 @@ def test_release_frees_the_slot_exactly_once():
         second.release()
         third.release()
         assert sched.active == 0
+
+
+# Dynamic batching: jobs with one key may share a call; the earliest deadline leads.
+
+
+class Calls:
+    """A `run_many` that records each call's items."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.batches.append(items)
+        return [f"done {item}" for item in items]
+
+
+def batched(
+    sched: Scheduler,
+    calls: Calls,
+    item: str,
+    deadline: float,
+    key: str = "joe@1.0",
+    size: int = 10,
+    limit: int = 8,
+) -> asyncio.Future[str]:
+    return asyncio.ensure_future(sched.run_batched(calls, item, deadline, key=key, size=size, limit=limit))
+
+
+async def queued_behind_a_busy_slot(sched: Scheduler, calls: Calls, jobs: list[dict]) -> list[str]:
+    """Occupy the only slot, queue `jobs`, free the slot; the results in submission order."""
+    gate = threading.Event()
+    blocker = await occupy(sched, gate)
+    waiting = [batched(sched, calls, **job) for job in jobs]
+    while sched.queued < len(jobs):
+        await asyncio.sleep(0)
+    gate.set()
+    await blocker
+    return list(await asyncio.gather(*waiting))
+
+
+def test_jobs_with_one_key_waiting_together_run_as_one_call_in_deadline_order():
+    async def scenario() -> tuple[list[str], list[list[str]], int]:
+        calls = Calls()
+        with scheduler() as sched:
+            jobs = [dict(item=name, deadline=d) for name, d in [("c", 3.0), ("a", 1.0), ("b", 2.0)]]
+            results = await queued_behind_a_busy_slot(sched, calls, jobs)
+            return results, calls.batches, sched.completed
+
+    results, batches, completed = run(scenario)
+    assert results == ["done c", "done a", "done b"]  # each caller gets its own result
+    assert batches == [["a", "b", "c"]]
+    assert completed == 4  # the blocker and three batched jobs
+
+
+def test_jobs_with_different_keys_never_share_a_call():
+    async def scenario() -> list[list[str]]:
+        calls = Calls()
+        with scheduler() as sched:
+            jobs = [
+                dict(item="joe-1", deadline=1.0, key="joe@1.0"),
+                dict(item="joe-slow", deadline=2.0, key="joe@1.5"),
+                dict(item="joe-2", deadline=3.0, key="joe@1.0"),
+            ]
+            await queued_behind_a_busy_slot(sched, calls, jobs)
+            return calls.batches
+
+    assert run(scenario) == [["joe-1", "joe-2"], ["joe-slow"]]
+
+
+def test_the_leaders_limit_caps_the_batch():
+    async def scenario() -> list[list[str]]:
+        calls = Calls()
+        with scheduler() as sched:
+            jobs = [dict(item=str(n), deadline=float(n), limit=2) for n in range(5)]
+            await queued_behind_a_busy_slot(sched, calls, jobs)
+            return calls.batches
+
+    assert run(scenario) == [["0", "1"], ["2", "3"], ["4"]]
+
+
+def test_a_job_that_would_pad_the_batch_too_much_waits_for_its_own():
+    async def scenario() -> list[list[str]]:
+        calls = Calls()
+        with scheduler(max_padding=0.5) as sched:
+            jobs = [
+                dict(item="short-1", deadline=1.0, size=20),
+                dict(item="long", deadline=2.0, size=200),  # 3 x 200 padded vs 240 real: too much
+                dict(item="short-2", deadline=3.0, size=24),
+            ]
+            await queued_behind_a_busy_slot(sched, calls, jobs)
+            return calls.batches
+
+    assert run(scenario) == [["short-1", "short-2"], ["long"]]
+
+
+def test_a_batch_failure_reaches_every_caller_in_it():
+    def boom(items: list[str]) -> list[str]:
+        raise RuntimeError("model exploded")
+
+    async def scenario() -> list[BaseException | str]:
+        with scheduler() as sched:
+            gate = threading.Event()
+            blocker = await occupy(sched, gate)
+            waiting = [
+                asyncio.ensure_future(sched.run_batched(boom, n, 1.0, key="k", size=1, limit=8)) for n in "ab"
+            ]
+            while sched.queued < 2:
+                await asyncio.sleep(0)
+            gate.set()
+            await blocker
+            return list(await asyncio.gather(*waiting, return_exceptions=True))
+
+    results = run(scenario)
+    assert [str(r) for r in results] == ["model exploded", "model exploded"]
+
+
+def test_a_cancelled_job_is_left_out_of_the_batch():
+    async def scenario() -> list[list[str]]:
+        calls = Calls()
+        with scheduler() as sched:
+            gate = threading.Event()
+            blocker = await occupy(sched, gate)
+            kept = batched(sched, calls, "kept", 1.0)
+            gone = batched(sched, calls, "gone", 2.0)
+            while sched.queued < 2:
+                await asyncio.sleep(0)
+            gone.cancel()
+            gate.set()
+            await asyncio.gather(blocker, kept)
+            return calls.batches
+
+    assert run(scenario) == [["kept"]]
+
+
+def test_a_job_with_time_to_spare_waits_the_window_for_company():
+    async def scenario() -> list[list[str]]:
+        calls = Calls()
+        with scheduler(window_s=0.5) as sched:
+            far = asyncio.get_running_loop().time() + 60  # a later chunk, well ahead of its listener
+            first = batched(sched, calls, "early", far)
+            await asyncio.sleep(0.05)  # well inside the window: nothing has run yet
+            assert calls.batches == []
+            second = batched(sched, calls, "late", far + 1)
+            await asyncio.gather(first, second)
+            return calls.batches
+
+    assert run(scenario) == [["early", "late"]]
+
+
+def test_a_job_never_waits_past_its_deadline():
+    async def scenario() -> list[list[str]]:
+        calls = Calls()
+        with scheduler(window_s=WAIT_S * 2) as sched:
+            now = asyncio.get_running_loop().time()
+            # A first chunk's deadline is its arrival: with a window longer than the test's own
+            # time limit, only running at once lets this finish.
+            await batched(sched, calls, "first chunk", now)
+            await batched(sched, calls, "due soon", now + 0.05)
+            return calls.batches
+
+    assert run(scenario) == [["first chunk"], ["due soon"]]
+
+
+def test_a_first_chunk_arriving_during_a_wait_leads_and_takes_the_waiting_job_along():
+    async def scenario() -> list[list[str]]:
+        calls = Calls()
+        with scheduler(window_s=WAIT_S * 2) as sched:
+            loop = asyncio.get_running_loop()
+            waiting = batched(sched, calls, "later chunk", loop.time() + WAIT_S * 2)
+            await asyncio.sleep(0.05)
+            assert calls.batches == []
+            first = batched(sched, calls, "first chunk", loop.time())
+            await asyncio.gather(first, waiting)
+            return calls.batches
+
+    assert run(scenario) == [["first chunk", "later chunk"]]
+
+
+def test_plain_jobs_never_join_a_batch():
+    async def scenario() -> list[list[str]]:
+        calls = Calls()
+        order: list[str] = []
+        with scheduler() as sched:
+            gate = threading.Event()
+            blocker = await occupy(sched, gate)
+            plain = asyncio.ensure_future(sched.run(recorder(order, "plain"), 1.0))
+            grouped = [batched(sched, calls, n, 2.0) for n in "ab"]
+            while sched.queued < 3:
+                await asyncio.sleep(0)
+            gate.set()
+            await asyncio.gather(blocker, plain, *grouped)
+            assert order == ["plain"]
+            return calls.batches
+
+    assert run(scenario) == [["a", "b"]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from loguru import logger
 
 from server.errors import UnknownVoice
@@ -16,6 +17,13 @@ from server.settings import Settings
 from server.synthesis.voice import CUDA, RuntimeOptions, Voice, VoiceFiles
 
 WARMUP_TEXT = "Ready."
+# Batching pays on a GPU, which runs a batch's rows in parallel; on the CPU the padded rows
+# measured slower than the same chunks one by one, so `batch_max_size: 0` means this on CUDA only.
+AUTO_CUDA_BATCH = 32
+# A batched row may differ from the row alone only by rounding: about 1e-4 of its level on the CPU,
+# more where the GPU picks other kernels for another batch shape (TF32 convolutions). A wrong trim
+# changes the length, and padding leaking into a row changes it by tens of percent.
+BATCH_CHECK_TOLERANCE = 0.02
 # On CUDA, kernels (and cuDNN's algorithm choice) are picked per input shape on first use, so the
 # warm-up covers the lengths requests bring: a word, a first-chunk clause, a long sentence.
 CUDA_WARMUP_TEXTS = (
@@ -94,6 +102,7 @@ class VoiceCatalog:
                     raise FileNotFoundError(f"voice file not found: {path}")
             voice = Voice.load(voice_files, options)
             self._warm_up(voice)
+            voice.batch_limit = self._batch_limit(voice)
             self._voices[voice.voice_id] = voice
         if self.default_voice not in self._voices:
             self.problem = f"default voice {self.default_voice!r} not found"
@@ -111,6 +120,16 @@ class VoiceCatalog:
         for text in texts:
             for sentence in voice.phonemize(text):
                 voice.infer(voice.phoneme_ids(sentence), 1.0, voice.speaker_id(None))
+
+    def _batch_limit(self, voice: Voice) -> int:
+        limit = self._settings.synthesis.batch_max_size or (AUTO_CUDA_BATCH if voice.provider == CUDA else 1)
+        if limit <= 1 or voice.lengths_output is None:
+            return 1
+        if not batch_matches_alone(voice):
+            logger.warning("{}: batched rows differ from single runs, so batching is off", voice.voice_id)
+            return 1
+        logger.info("{}: batches of up to {} chunks", voice.voice_id, limit)
+        return limit
 
     def get(self, voice_id: str) -> Voice:
         voice = self._voices.get(voice_id)
@@ -130,3 +149,19 @@ class VoiceCatalog:
             )
             for v in self._voices.values()
         ]
+
+
+def batch_matches_alone(voice: Voice) -> bool:
+    """With the noise off, a batch of warm-up sentences must give each one's own audio, trimmed."""
+    rows = [voice.phoneme_ids(s) for text in CUDA_WARMUP_TEXTS[:2] for s in voice.phonemize(text)]
+    speakers = [voice.speaker_id(None)] * len(rows)
+    alone = [voice.infer_batch([row], 1.0, speakers[:1], noise_scale=0, noise_w=0)[0] for row in rows]
+    batched = voice.infer_batch(rows, 1.0, speakers, noise_scale=0, noise_w=0)
+    return all(
+        a.shape == b.shape and _rms(a - b) <= BATCH_CHECK_TOLERANCE * _rms(a)
+        for a, b in zip(alone, batched, strict=True)
+    )
+
+
+def _rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))

@@ -8,6 +8,13 @@ ahead of its listener, where a FIFO of whole requests would starve both.
 
 Inference runs in a small thread pool (onnxruntime releases the GIL), so the IOLoop only
 schedules. Admission is bounded: past `max_active` requests, callers get `Overloaded` (503).
+
+Dynamic batching: jobs that share a batch key (same voice and speed) may run as one call. The
+earliest-deadline job leads; queued jobs with its key join in deadline order, up to the leader's
+limit and while padding stays within `max_padding` of the real work. When the batch is not full
+the leader may wait up to `window_s` for more, but never past its own deadline: a first chunk's
+deadline is its arrival, so first chunks never wait, and a first chunk arriving during a wait
+leads at once, taking the waiting jobs along.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -30,20 +37,40 @@ RETRY_AFTER_S: Final = 1
 class _Job:
     deadline: float
     seq: int
-    fn: Callable[[], Any] = field(compare=False)
+    run_many: Callable[[list[Any]], Sequence[Any]] = field(compare=False)
+    item: Any = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
+    queued_at: float = field(compare=False)
+    key: Hashable | None = field(default=None, compare=False)  # None: always runs alone
+    size: int = field(default=1, compare=False)  # work units (phonemes), for the padding rule
+    limit: int = field(default=1, compare=False)  # most jobs in a batch this job leads
+
+
+def _alone(fn: Callable[[], T]) -> Callable[[list[None]], list[T]]:
+    return lambda _items: [fn()]
 
 
 class Scheduler:
-    def __init__(self, concurrency: int, max_active: int) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        max_active: int,
+        *,
+        window_s: float = 0.0,
+        max_padding: float = 1.0,
+    ) -> None:
         self._concurrency = concurrency
         self._max_active = max_active
+        self._window_s = window_s
+        self._max_padding = max_padding
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="infer")
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
         self.active = 0
         self.completed = 0
+        self.batches = 0
 
     @property
     def queued(self) -> int:
@@ -61,33 +88,104 @@ class Scheduler:
         return Admission(self)
 
     async def run(self, fn: Callable[[], T], deadline: float) -> T:
-        """Run `fn` in the pool when its deadline is the earliest waiting."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, _Job(deadline, next(self._seq), fn, future))
+        """Run `fn` alone in the pool when its deadline is the earliest waiting."""
+        return await self._submit(_alone(fn), None, deadline, None, 1, 1)
+
+    async def run_batched(
+        self,
+        run_many: Callable[[list[Any]], Sequence[T]],
+        item: Any,
+        deadline: float,
+        *,
+        key: Hashable,
+        size: int,
+        limit: int,
+    ) -> T:
+        """Run `item` through `run_many`, perhaps in one call with other items of the same `key`.
+
+        `run_many` is blocking and returns one result per item, in order; all jobs with one key
+        must accept each other's items (the leader's `run_many` runs the whole batch).
+        """
+        return await self._submit(run_many, item, deadline, key, size, limit)
+
+    async def _submit(
+        self,
+        run_many: Callable[[list[Any]], Sequence[T]],
+        item: Any,
+        deadline: float,
+        key: Hashable | None,
+        size: int,
+        limit: int,
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        job = _Job(deadline, next(self._seq), run_many, item, future, loop.time(), key, size, limit)
+        heapq.heappush(self._heap, job)
         self._dispatch()
         return await future
 
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._running < self._concurrency and self._heap:
-            job = heapq.heappop(self._heap)
-            if job.future.done():  # its requester went away while it waited
+            leader = self._heap[0]
+            if leader.future.done():  # its requester went away while it waited
+                heapq.heappop(self._heap)
                 continue
+            batch = self._batch_for(leader)
+            if len(batch) < leader.limit:
+                hold_until = min(leader.queued_at + self._window_s, leader.deadline)
+                if hold_until > loop.time():
+                    self._timer = loop.call_at(hold_until, self._dispatch)
+                    return
+            taken = {id(job) for job in batch}
+            self._heap = [job for job in self._heap if id(job) not in taken]
+            heapq.heapify(self._heap)
             self._running += 1
-            done = loop.run_in_executor(self._executor, job.fn)
-            done.add_done_callback(lambda result, job=job: self._finished(job, result))
+            self.batches += 1
+            done = loop.run_in_executor(self._executor, leader.run_many, [job.item for job in batch])
+            done.add_done_callback(lambda result, batch=batch: self._finished(batch, result))
 
-    def _finished(self, job: _Job, result: asyncio.Future[Any]) -> None:
+    def _batch_for(self, leader: _Job) -> list[_Job]:
+        """The leader and the queued jobs that may share its call, earliest deadline first."""
+        batch = [leader]
+        if leader.key is None or leader.limit <= 1:
+            return batch
+        real = longest = leader.size
+        for job in sorted(self._heap):
+            if len(batch) >= leader.limit:
+                break
+            if job is leader or job.key != leader.key or job.future.done():
+                continue
+            wider = max(longest, job.size)
+            if (len(batch) + 1) * wider > (1 + self._max_padding) * (real + job.size):
+                continue  # too much padding: it waits for a batch of its own size
+            batch.append(job)
+            real += job.size
+            longest = wider
+        return batch
+
+    def _finished(self, batch: list[_Job], result: asyncio.Future[Sequence[Any]]) -> None:
         self._running -= 1
-        self.completed += 1
-        if not job.future.done():
-            if result.exception() is not None:
-                job.future.set_exception(result.exception())  # type: ignore[arg-type]
+        self.completed += len(batch)
+        error = None if result.cancelled() else result.exception()
+        values = result.result() if error is None and not result.cancelled() else [None] * len(batch)
+        for job, value in zip(batch, values, strict=True):
+            if job.future.done():
+                continue
+            if result.cancelled():  # the pool shut down under it
+                job.future.cancel()
+            elif error is not None:
+                job.future.set_exception(error)
             else:
-                job.future.set_result(result.result())
+                job.future.set_result(value)
         self._dispatch()
 
     def shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -2,7 +2,8 @@
 
 `Voice.load()` is blocking and runs once per worker process, after the fork. The methods that
 phonemize and run inference are blocking too: the scheduler calls them from executor threads
-(onnxruntime releases the GIL), never from the IOLoop.
+(onnxruntime releases the GIL), never from the IOLoop. The session is built from the model with
+one extra output, each row's length (see `graph`), so several chunks can run as one batch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import onnxruntime as ort
 from loguru import logger
 from piper_phonemize import phonemize_codepoints, phonemize_espeak
+
+from server.synthesis.graph import with_lengths_output
 
 BOS: Final = "^"
 EOS: Final = "$"
@@ -87,12 +90,18 @@ class Voice:
     digest: str  # sha256 of the model file: a new model never serves old cached audio
     provider: str  # the provider the session really runs on
     session: ort.InferenceSession = field(repr=False)
+    lengths_output: str | None = None  # the graph output with each row's frame count
+    batch_limit: int = 1  # most chunks per inference call; the catalog sets it after a check
     unknown_phonemes: int = 0
 
     @classmethod
     def load(cls, files: VoiceFiles, options: RuntimeOptions) -> Voice:
         config = json.loads(files.config.read_text(encoding="utf-8"))
-        session = _make_session(files.model, options)
+        model, lengths_output = with_lengths_output(files.model)
+        session = _make_session(model, options)
+        del model  # the session holds its own copy; this one is 60 MB
+        if lengths_output is None:
+            logger.warning("{}: unknown graph, so its chunks run one at a time", files.voice_id)
         provider = session.get_providers()[0]
         inference = config.get("inference", {})
         language = config.get("language", {}).get("code") or config.get("espeak", {}).get("voice", "")
@@ -110,6 +119,7 @@ class Voice:
             digest=_file_digest(files.model),
             provider=provider,
             session=session,
+            lengths_output=lengths_output,
         )
         logger.info(
             "voice {} loaded on {} ({} Hz, {} speakers)",
@@ -161,14 +171,52 @@ class Voice:
 
     def infer(self, ids: Sequence[int], length_scale: float, speaker_id: int | None) -> np.ndarray:
         """One inference call: float32 mono samples in about [-1, 1]."""
+        return self.infer_batch([ids], length_scale, [speaker_id])[0]
+
+    def infer_batch(
+        self,
+        rows: Sequence[Sequence[int]],
+        length_scale: float,
+        speaker_ids: Sequence[int | None],
+        *,
+        noise_scale: float | None = None,
+        noise_w: float | None = None,
+    ) -> list[np.ndarray]:
+        """One inference call for several phoneme-id rows: each row's samples, trimmed to its length.
+
+        Rows share the scales (Piper takes one `scales` tensor per call), so only chunks with the
+        same speed may share a batch. Padding is masked inside the model, which is why a trimmed
+        row equals the same row run alone (tests/test_batching.py checks it).
+        """
+        if len(rows) > 1 and self.lengths_output is None:
+            raise ValueError(f"voice {self.voice_id} cannot run batches")
+        longest = max(len(row) for row in rows)
+        ids = np.full((len(rows), longest), self.phoneme_id_map[PAD][0], dtype=np.int64)
+        for index, row in enumerate(rows):
+            ids[index, : len(row)] = row
         inputs: dict[str, Any] = {
-            "input": np.array([ids], dtype=np.int64),
-            "input_lengths": np.array([len(ids)], dtype=np.int64),
-            "scales": np.array([self.noise_scale, length_scale, self.noise_w], dtype=np.float32),
+            "input": ids,
+            "input_lengths": np.array([len(row) for row in rows], dtype=np.int64),
+            "scales": np.array(
+                [
+                    self.noise_scale if noise_scale is None else noise_scale,
+                    length_scale,
+                    self.noise_w if noise_w is None else noise_w,
+                ],
+                dtype=np.float32,
+            ),
         }
-        if speaker_id is not None:
-            inputs["sid"] = np.array([speaker_id], dtype=np.int64)
-        return self.session.run(None, inputs)[0].reshape(-1)
+        if speaker_ids[0] is not None:
+            inputs["sid"] = np.array(speaker_ids, dtype=np.int64)
+        outputs = self.session.run(None, inputs)
+        audio = outputs[0].reshape(len(rows), -1)
+        if len(rows) == 1:
+            return [audio[0]]
+        frames = np.rint(outputs[1]).astype(np.int64).reshape(-1)
+        hop, rest = divmod(audio.shape[1], int(frames.max()))
+        if rest:
+            raise RuntimeError(f"{self.voice_id}: output of {audio.shape[1]} samples is not whole frames")
+        return [audio[index, : int(count) * hop] for index, count in enumerate(frames)]
 
 
 def _pieces(text: str, limit: int) -> list[str]:
@@ -193,7 +241,7 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _make_session(model: Path, options: RuntimeOptions) -> ort.InferenceSession:
+def _make_session(model: bytes, options: RuntimeOptions) -> ort.InferenceSession:
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = options.intra_op_threads
     session_options.inter_op_num_threads = 1
@@ -215,4 +263,4 @@ def _make_session(model: Path, options: RuntimeOptions) -> ort.InferenceSession:
             providers = [(CUDA, options.cuda_provider_options()), CPU]
         elif options.provider == "cuda":
             logger.warning("CUDA requested but onnxruntime offers only {}", ort.get_available_providers())
-    return ort.InferenceSession(str(model), sess_options=session_options, providers=providers)
+    return ort.InferenceSession(model, sess_options=session_options, providers=providers)
