@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench-results" / "bench.json"
+THROUGHPUT_RESULTS = ROOT / "bench-results" / "throughput.json"
 PCM_BYTES_PER_SAMPLE = 2
 CONNECTIONS = 32
 HIT_ROUNDS = 3
@@ -391,11 +392,11 @@ def _stream_figures(started: float, arrivals: list[tuple[float, int]], rate: int
 
 
 class Client:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, max_clients: int = 64) -> None:
         from tornado.httpclient import AsyncHTTPClient
 
         self.base = base
-        self._http = AsyncHTTPClient(force_instance=True, max_clients=64)
+        self._http = AsyncHTTPClient(force_instance=True, max_clients=max_clients)
 
     async def tts(self, text: str) -> tuple[float, dict[str, Any]]:
         from tests.conftest import query
@@ -870,7 +871,7 @@ def build_rows(report: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], note: str | None = None) -> None:
     header = ("metric", "value", "floor/reference", "ratio", "target", "met?")
     cells = [
         (
@@ -887,7 +888,8 @@ def print_table(rows: list[Row]) -> None:
     for line in [header, tuple("-" * w for w in widths), *cells]:
         print(" | ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip())
     print(
-        "Timings are medians of the repeats. A miss ratio is the median of per-repeat server/floor "
+        note
+        or "Timings are medians of the repeats. A miss ratio is the median of per-repeat server/floor "
         "ratios on the same text, measured back to back; a hit ratio is rps over the bare app's rps."
     )
 
@@ -1043,6 +1045,18 @@ async def run(args: argparse.Namespace) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(_json_ready(report), indent=2) + "\n")
     print(f"figures written to {RESULTS.relative_to(ROOT)}")
+    if report["settings"]["provider"] == "CUDAExecutionProvider":
+        log("the voice runs on CUDA: measuring throughput with and without batching")
+        run_throughput(None, None)
+
+
+def run_throughput(streams: str | None, batch: int | None) -> None:
+    from tests import throughput
+
+    report = throughput.main(streams, batch)
+    THROUGHPUT_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    THROUGHPUT_RESULTS.write_text(json.dumps(_json_ready(report), indent=2) + "\n")
+    print(f"figures written to {THROUGHPUT_RESULTS.relative_to(ROOT)}")
 
 
 def main() -> None:
@@ -1058,6 +1072,15 @@ def main() -> None:
     gen.add_argument("--connections", type=int, default=CONNECTIONS)
     gen.add_argument("--warmup", type=float, default=HIT_WARMUP_S)
     gen.add_argument("--measure", type=float, default=HIT_MEASURE_S)
+    throughput = sub.add_parser(
+        "throughput", help="aggregate audio per second with many streams, with and without batching"
+    )
+    throughput.add_argument(
+        "--streams", help="comma-separated stream counts (default 1,8,32,128 on CUDA, 1,8 on CPU)"
+    )
+    throughput.add_argument(
+        "--batch", type=int, help="batch_max_size when batching is on (default 32 on CUDA, 8 on CPU)"
+    )
     bare = sub.add_parser("bare-tornado", help="(internal) a minimal Tornado app answering /json")
     bare.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
@@ -1065,6 +1088,8 @@ def main() -> None:
         run_loadgen(args)
     elif args.mode == "bare-tornado":
         run_bare_tornado(args)
+    elif args.mode == "throughput":
+        run_throughput(args.streams, args.batch)
     else:
         asyncio.run(run(args))
 
