@@ -429,14 +429,18 @@ class Client:
     async def get(self, path: str) -> Any:
         return await self._http.fetch(f"{self.base}{path}", request_timeout=60)
 
-    async def inference_s(self) -> float:
-        """The server's own count of seconds spent in onnxruntime (its synthesis histogram's sum)."""
+    async def metric(self, name: str) -> float:
+        """Sum of a metric's samples over all label sets, from the server's /metrics."""
         text = (await self.get("/metrics")).body.decode()
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("tts_synthesis_seconds_sum")
+            if line.split(" ", 1)[0].split("{")[0] == name
         )
+
+    async def inference_s(self) -> float:
+        """The server's own count of seconds spent in onnxruntime (its synthesis histogram's sum)."""
+        return await self.metric("tts_synthesis_seconds_sum")
 
     def close(self) -> None:
         self._http.close()

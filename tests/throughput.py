@@ -54,19 +54,10 @@ def gpu_name() -> str:
     return ""
 
 
-async def metric(client: Client, name: str) -> float:
-    text = (await client.get("/metrics")).body.decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and line.split(" ", 1)[0].split("{")[0] == name
-    )
-
-
 async def measure(client: Client, streams: int, nonces: Nonces) -> dict[str, Any]:
     texts = [paragraph_text(i % len(PARAGRAPHS), nonces.take()) for i in range(streams)]
     before = {
-        name: await metric(client, name)
+        name: await client.metric(name)
         for name in (
             "tts_inference_batch_size_sum",
             "tts_inference_batch_size_count",
@@ -76,7 +67,7 @@ async def measure(client: Client, streams: int, nonces: Nonces) -> dict[str, Any
     started = time.perf_counter()
     results = await asyncio.gather(*(client.stream(text) for text in texts))
     wall = time.perf_counter() - started
-    after = {name: await metric(client, name) for name in before}
+    after = {name: await client.metric(name) for name in before}
     chunks = after["tts_inference_batch_size_sum"] - before["tts_inference_batch_size_sum"]
     calls = after["tts_inference_batch_size_count"] - before["tts_inference_batch_size_count"]
     audio = sum(r.audio_s for r in results)

@@ -170,17 +170,17 @@ class Scheduler:
     def _finished(self, batch: list[_Job], result: asyncio.Future[Sequence[Any]]) -> None:
         self._running -= 1
         self.completed += len(batch)
-        error = None if result.cancelled() else result.exception()
-        values = result.result() if error is None and not result.cancelled() else [None] * len(batch)
-        for job, value in zip(batch, values, strict=True):
-            if job.future.done():
-                continue
-            if result.cancelled():  # the pool shut down under it
+        if result.cancelled():  # the pool shut down under it
+            for job in batch:
                 job.future.cancel()
-            elif error is not None:
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(value)
+        elif (error := result.exception()) is not None:
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+        else:
+            for job, value in zip(batch, result.result(), strict=True):
+                if not job.future.done():
+                    job.future.set_result(value)
         self._dispatch()
 
     def shutdown(self) -> None:
