@@ -21,6 +21,7 @@ from typing import Final
 
 from loguru import logger
 
+from server.audio.pcm import duration_s, parse_wav, silence, to_pcm16, wav_bytes
 from server.cache.keys import KeyParts, audio_key, is_key
 from server.cache.tiers import MISS, TieredCache
 from server.errors import (
@@ -36,7 +37,6 @@ from server.metrics import Metrics
 from server.ratelimit import SYNTHESIS, RateLimiter
 from server.request import SpeechRequest
 from server.settings import SynthesisSettings
-from server.synthesis.audio import duration_s, parse_wav, silence, to_pcm16, wav_bytes
 from server.synthesis.catalog import VoiceCatalog
 from server.synthesis.scheduler import Admission, Scheduler
 from server.synthesis.text import Chunk, plan_chunks

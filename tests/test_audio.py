@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from server.synthesis.audio import (
+from server.audio.pcm import (
     STREAMING_SIZE,
     WAV_HEADER_BYTES,
     duration_s,

@@ -29,8 +29,8 @@ import numpy as np
 import onnx
 import pytest
 
+from server.audio.pcm import parse_wav
 from server.settings import load_settings
-from server.synthesis.audio import parse_wav
 from server.synthesis.catalog import VoiceCatalog, bundled_voice
 from server.synthesis.graph import with_lengths_output
 from server.synthesis.voice import RuntimeOptions, Voice

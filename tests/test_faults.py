@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.synthesis.audio import parse_wav
+from server.audio.pcm import parse_wav
 from tests.conftest import free_port, query, unique_text
 
 ADMIN_KEY = "fault-tests-admin-key-0123456789"

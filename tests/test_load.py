@@ -10,7 +10,7 @@ from collections import Counter
 
 import psutil
 
-from server.synthesis.audio import parse_wav
+from server.audio.pcm import parse_wav
 from tests.conftest import query, unique_text
 
 CLIENTS = 12

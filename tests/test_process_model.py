@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from server.synthesis.audio import parse_wav
+from server.audio.pcm import parse_wav
 from tests.conftest import PYTHON, ROOT, ServerProcess, query, unique_text
 
 GRACE_S = 30

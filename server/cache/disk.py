@@ -16,8 +16,8 @@ from pathlib import Path
 
 from loguru import logger
 
+from server.audio.pcm import parse_wav
 from server.settings import StorageSettings
-from server.synthesis.audio import parse_wav
 
 TEMP_SUFFIX = ".tmp"
 

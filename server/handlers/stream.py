@@ -8,10 +8,10 @@ from typing import Final
 
 from tornado.iostream import StreamClosedError
 
+from server.audio.pcm import CHANNELS, wav_header
 from server.errors import InvalidRequest, RateLimited, TTSError
 from server.handlers.tts import SpeechHandler
 from server.speech import Stream
-from server.synthesis.audio import CHANNELS, wav_header
 
 FORMATS: Final = ("pcm", "wav")
 

@@ -1,1 +1,1 @@
-"""Speech synthesis: Piper voices, text chunking, PCM framing and the inference scheduler."""
+"""Speech synthesis: Piper voices, text chunking and the inference scheduler."""

@@ -1,0 +1,1 @@
+"""Audio formats: PCM and WAV framing, and the streaming encoders for compressed formats."""
