@@ -30,7 +30,7 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         (r"/", PlayerHandler),
         (r"/tts", TTSHandler),
         (r"/tts/stream", StreamHandler),
-        (r"/audio/([^/]*)\.wav", AudioHandler),
+        (r"/audio/([^/]*)\.([^/.]*)", AudioHandler),
         (r"/voices", VoicesHandler),
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler),

@@ -69,6 +69,15 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.encodes = Counter(
+            "tts_encodes_total",
+            "Audio encoded into a format (a stream or a file; cache hits are never re-encoded).",
+            ["format"],
+            registry=r,
+        )
+        self.encode_seconds = Counter(
+            "tts_encode_seconds_total", "Time spent in the encoders.", ["format"], registry=r
+        )
         self.cache_hits = Counter("tts_cache_hits_total", "Cache hits by tier.", ["tier"], registry=r)
         self.cache_misses = Counter("tts_cache_misses_total", "Lookups that found no tier.", registry=r)
         self.queue_depth = Gauge(

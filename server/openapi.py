@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from server.audio.formats import FORMATS
 from server.errors import TTSError
 from server.request import MAX_SPEED, MIN_SPEED, SPEED_PRESETS
 from server.settings import Settings
@@ -127,6 +128,11 @@ def _components(settings: Settings, voices: list[str]) -> Schema:
         "Speed": {"anyOf": [_ref("SpeedPreset"), _ref("SpeedRate")]},
         "Voice": voice,
         "Speaker": {"type": "string", "description": "Speaker name or number, for multi-speaker voices"},
+        "Format": {
+            "type": "string",
+            "enum": [*FORMATS, ""],
+            "description": "Output format (/tts default wav, /tts/stream default pcm); empty: the default",
+        },
         "SpeechFields": {
             "type": "object",
             "required": ["text"],
@@ -136,6 +142,7 @@ def _components(settings: Settings, voices: list[str]) -> Schema:
                 "speed": {"anyOf": [_ref("SpeedPreset"), _ref("SpeedRate"), {"type": "null"}]},
                 "voice": {"anyOf": [_ref("Voice"), {"type": "null"}]},
                 "speaker": {"anyOf": [_ref("Speaker"), {"type": "null"}]},
+                "format": {"anyOf": [_ref("Format"), {"type": "null"}]},
             },
         },
         "Synthesis": {
@@ -254,6 +261,14 @@ def _components(settings: Settings, voices: list[str]) -> Schema:
         "speed": {"name": "speed", "in": "query", "required": False, "schema": _ref("Speed")},
         "voice": {"name": "voice", "in": "query", "required": False, "schema": _ref("Voice")},
         "speaker": {"name": "speaker", "in": "query", "required": False, "schema": _ref("Speaker")},
+        "format": {"name": "format", "in": "query", "required": False, "schema": _ref("Format")},
+        "ext": {
+            "name": "ext",
+            "in": "path",
+            "required": True,
+            "description": "The audio format's extension",
+            "schema": {"type": "string", "enum": [f.ext for f in FORMATS.values()]},
+        },
         "hash": {
             "name": "hash",
             "in": "path",
@@ -271,7 +286,11 @@ def _components(settings: Settings, voices: list[str]) -> Schema:
 
 
 def _speech_parameters() -> list[Schema]:
-    return [_ref(name, "parameters") for name in ("text", "speed", "voice", "speaker")]
+    return [_ref(name, "parameters") for name in ("text", "speed", "voice", "speaker", "format")]
+
+
+def _audio_content(schema: Schema) -> dict[str, Schema]:
+    return {f.content_type: {"schema": schema} for f in FORMATS.values()}
 
 
 def _audio_operation(summary: str, with_body: bool) -> Schema:
@@ -290,6 +309,7 @@ def _audio_operation(summary: str, with_body: bool) -> Schema:
         "operationId": "getAudio" if with_body else "headAudio",
         "parameters": [
             _ref("hash", "parameters"),
+            _ref("ext", "parameters"),
             {
                 "name": "Range",
                 "in": "header",
@@ -301,13 +321,16 @@ def _audio_operation(summary: str, with_body: bool) -> Schema:
             {"name": "If-Range", "in": "header", "required": False, "schema": {"type": "string"}},
         ],
         "responses": {
-            "200": _response("The whole WAV", "audio/wav", wav, {**file_headers, **length}),
-            "206": _response(
-                "The requested range",
-                "audio/wav",
-                wav,
-                {**file_headers, **length, "Content-Range": content_range},
-            ),
+            "200": {
+                **_response("The whole file", headers={**file_headers, **length}),
+                "content": _audio_content(wav or {}),
+            },
+            "206": {
+                **_response(
+                    "The requested range", headers={**file_headers, **length, "Content-Range": content_range}
+                ),
+                "content": _audio_content(wav or {}),
+            },
             "304": _response("If-None-Match matched the ETag", headers=file_headers),
             **_errors("404", "416", "429"),
         },
@@ -369,31 +392,38 @@ def _paths(settings: Settings) -> Schema:
             "get": {
                 "summary": "Audio sent chunk by chunk as it is synthesized",
                 "description": (
-                    "audio/pcm is raw s16le mono; audio/wav has a header with unknown length. An error "
-                    "after the first audio can only close the connection early."
+                    "audio/pcm is raw s16le mono; audio/wav has a header with unknown length; the "
+                    "compressed formats are encoded as the audio arrives. An error after the first "
+                    "audio can only close the connection early."
                 ),
                 "operationId": "ttsStream",
-                "parameters": [
-                    *_speech_parameters(),
-                    {
-                        "name": "format",
-                        "in": "query",
-                        "required": False,
-                        "description": "pcm (default; also when empty) or wav",
-                        "schema": {"type": "string", "enum": ["pcm", "wav", ""]},
-                    },
-                ],
+                "parameters": _speech_parameters(),
                 "responses": {
                     "200": {
                         **_response("The audio, streamed", headers=stream_headers),
-                        "content": {"audio/pcm": {"schema": pcm}, "audio/wav": {"schema": pcm}},
+                        "content": _audio_content(pcm),
                     },
                     **speech_errors,
                 },
-            }
+            },
+            "post": {
+                "summary": "As GET, with the fields of POST /tts in a JSON body",
+                "operationId": "ttsStreamPost",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SpeechFields")}},
+                },
+                "responses": {
+                    "200": {
+                        **_response("The audio, streamed", headers=stream_headers),
+                        "content": _audio_content(pcm),
+                    },
+                    **speech_errors,
+                },
+            },
         },
-        "/audio/{hash}.wav": {
-            "get": _audio_operation("A stored WAV, with Range and ETag support", with_body=True),
+        "/audio/{hash}.{ext}": {
+            "get": _audio_operation("Stored audio in any format, with Range and ETag", with_body=True),
             "head": _audio_operation("Headers only, as for GET", with_body=False),
         },
         "/voices": {

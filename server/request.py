@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from server.audio.formats import FORMATS, AudioFormat, format_names
 from server.errors import InvalidRequest, TextTooLong
 from server.synthesis.text import normalize_text
 
@@ -58,6 +59,15 @@ def parse_speed(raw: object) -> tuple[str | float, float]:
     if not MIN_SPEED <= rate <= MAX_SPEED:
         raise InvalidRequest(f"speed must be from {MIN_SPEED} to {MAX_SPEED}, got {rate:g}")
     return rate, 1.0 / rate
+
+
+def parse_format(raw: object, default: str) -> AudioFormat:
+    """An output format from the one table; anything else is a 400 that lists the formats."""
+    if raw is None or raw == "":
+        return FORMATS[default]
+    if not isinstance(raw, str) or raw.strip().lower() not in FORMATS:
+        raise InvalidRequest(f"format must be one of {format_names()}")
+    return FORMATS[raw.strip().lower()]
 
 
 def _optional_str(fields: Mapping[str, object], name: str) -> str | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from server.audio.formats import rendition_suffixes
 from server.auth import KeyRing
 from server.cache.disk import DiskStore
 from server.cache.memory import MemoryCache
@@ -22,6 +23,7 @@ from server.cache.tiers import TieredCache
 from server.clients import Network, parse_networks
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
+from server.renditions import Renditions
 from server.settings import Settings
 from server.speech import SpeechService
 from server.synthesis.catalog import VoiceCatalog
@@ -43,6 +45,7 @@ class Services:
     cache: TieredCache
     scheduler: Scheduler
     speech: SpeechService
+    renditions: Renditions
     metrics: Metrics
     lifecycle: Lifecycle
     keyring: KeyRing
@@ -56,7 +59,12 @@ class Services:
         metrics = Metrics()
         catalog = VoiceCatalog(settings)
         redis = RedisCache(settings.redis, on_error=metrics.redis_errors.inc)
-        cache = TieredCache(MemoryCache(settings.cache.l1_max_bytes), redis, DiskStore(settings.storage))
+        cache = TieredCache(
+            MemoryCache(settings.cache.l1_max_bytes),
+            redis,
+            DiskStore(settings.storage),
+            suffixes=rendition_suffixes(),
+        )
         synthesis = settings.synthesis
         scheduler = Scheduler(
             synthesis.concurrency,
@@ -68,12 +76,14 @@ class Services:
         speech = SpeechService(
             synthesis, catalog, cache, scheduler, metrics, limiter, lock_ttl_s=settings.redis.lock_ttl_s
         )
+        renditions = Renditions(speech, cache, metrics, settings.audio)
         return cls(
             settings,
             catalog,
             cache,
             scheduler,
             speech,
+            renditions,
             metrics,
             Lifecycle(),
             KeyRing(settings.admin_api_keys),
@@ -113,6 +123,7 @@ class Services:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.renditions.close()
         await self.speech.close()
         await self.cache.close()
         self.scheduler.shutdown()

@@ -87,6 +87,16 @@ class SynthesisSettings:
 
 
 @dataclass(frozen=True)
+class AudioSettings:
+    """Encoding of the compressed formats (speech needs far lower bitrates than music)."""
+
+    mp3_bitrate_kbps: int = _opt(64, low=8, high=320)
+    opus_bitrate_kbps: int = _opt(32, low=6, high=256)
+    aac_bitrate_kbps: int = _opt(64, low=16, high=320)
+    encode_threads: int = _opt(2, low=1, high=64)
+
+
+@dataclass(frozen=True)
 class RedisSettings:
     url: str = _opt("")
     timeout_s: float = _opt(0.25, low=0.01, high=30)
@@ -130,6 +140,7 @@ class LoggingSettings:
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)

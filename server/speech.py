@@ -22,8 +22,8 @@ from typing import Final
 from loguru import logger
 
 from server.audio.pcm import duration_s, parse_wav, silence, to_pcm16, wav_bytes
-from server.cache.keys import KeyParts, audio_key, is_key
-from server.cache.tiers import MISS, TieredCache
+from server.cache.keys import KeyParts, audio_key, entry_name, is_key
+from server.cache.tiers import MISS, WAV_SUFFIX, TieredCache
 from server.errors import (
     InvalidRequest,
     NotFound,
@@ -346,7 +346,7 @@ class SpeechService:
                     # Another replica synthesized it while we waited: serve its bytes.
                     flight.append(bytes(parse_wav(elsewhere)[1]))
                     flight.finish(elsewhere)
-                    self.cache.memory.put(flight.key, elsewhere)
+                    self.cache.memory.put(entry_name(flight.key, WAV_SUFFIX), elsewhere)
                     flight.stored.set_result(True)
                     return
                 sentences = await loop.run_in_executor(self._text_pool, voice.phonemize, request.text)
@@ -427,14 +427,14 @@ class SpeechService:
                 return None, token
             while True:
                 await asyncio.sleep(LOCK_POLL_S)
-                wav = await redis.get(key)
+                wav = await redis.get(entry_name(key, WAV_SUFFIX))
                 if wav is not None:
                     return wav, None
                 held = await redis.lock_held(key)
                 if held is None:
                     return None, None
                 if not held:
-                    wav = await redis.get(key)
+                    wav = await redis.get(entry_name(key, WAV_SUFFIX))
                     if wav is not None:
                         return wav, None
                     break  # the holder died or gave up: try to take the lock

@@ -93,7 +93,7 @@ def test_deleting_an_entry_removes_it_from_every_tier(admin):
     assert resp.status == 200
     assert resp.json() == {"deleted": key}
     assert server.get(f"/audio/{key}.wav").status == 404
-    assert redis.client().exists(f"tts:audio:{key}") == 0
+    assert redis.client().exists(f"tts:audio:{key}.wav") == 0
 
 
 def test_purge_all_empties_every_tier(admin):

@@ -44,7 +44,7 @@ def test_fresh_process_on_the_same_redis_hits_l2(make_redis, make_server, tmp_pa
     said, fetched = unique_text("Shared through Redis"), unique_text("Fetched through Redis")
     entries = {name: tts(first, name) for name in (said, fetched)}
     wav = first.get(f"/audio/{entries[fetched]['hash']}.wav").body
-    assert f"tts:audio:{entries[said]['hash']}" in redis_keys(redis)
+    assert f"tts:audio:{entries[said]['hash']}.wav" in redis_keys(redis)
 
     second = make_server({"TTS__REDIS__URL": redis.url, "TTS__STORAGE__DIR": str(tmp_path / "second")})
     again = tts(second, said)
@@ -103,7 +103,7 @@ def test_server_uses_redis_again_after_it_restarts(make_redis, make_server):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         made = tts(server, unique_text("After the outage"))
-        if f"tts:audio:{made['hash']}" in redis_keys(revived):
+        if f"tts:audio:{made['hash']}.wav" in redis_keys(revived):
             break
         time.sleep(0.5)
     else:

@@ -154,7 +154,7 @@ def test_redis_killed_during_traffic_causes_no_errors_and_is_used_again_when_bac
     def stored_again() -> bool:
         nonlocal key
         key = server.get("/tts?" + query(text=unique_text("Back"))).json()["hash"]
-        return redis.client().exists(f"tts:audio:{key}") == 1
+        return redis.client().exists(f"tts:audio:{key}.wav") == 1
 
     assert wait_until(stored_again, timeout=10, interval=0.3)
     assert server.get("/readyz").json()["redis"] == "ok"
@@ -193,7 +193,7 @@ def test_slow_redis_costs_at_most_its_timeout_and_the_breaker_stops_calling_it(m
     # ~58 s that redis-py's default timeouts and retries would take.
     assert max(durations) < healthy_s + 3 * 0.5 + 2.0, durations
     assert calls_skipped
-    assert redis.client().exists(f"tts:audio:{key}") == 1
+    assert redis.client().exists(f"tts:audio:{key}.wav") == 1
 
 
 def test_corrupt_bytes_in_redis_are_a_miss_and_get_overwritten(make_server, make_redis):
@@ -202,8 +202,9 @@ def test_corrupt_bytes_in_redis_are_a_miss_and_get_overwritten(make_server, make
     text = unique_text("Corrupted")
     key = first.get("/tts?" + query(text=text)).json()["hash"]
     client = redis.client()
-    good = client.get(f"tts:audio:{key}")
-    client.set(f"tts:audio:{key}", good[: len(good) // 2])  # truncated, as a crashed writer might leave it
+    good = client.get(f"tts:audio:{key}.wav")
+    # Truncated, as a crashed writer might leave it.
+    client.set(f"tts:audio:{key}.wav", good[: len(good) // 2])
 
     fresh = make_server({"TTS__REDIS__URL": redis.url})  # empty L1 and its own disk
     assert fresh.get(f"/audio/{key}.wav").status == 404  # never served
@@ -213,8 +214,8 @@ def test_corrupt_bytes_in_redis_are_a_miss_and_get_overwritten(make_server, make
     assert answer["cache"] == "miss"
     assert audio.status == 200
     parse_wav(audio.body)
-    assert client.get(f"tts:audio:{key}")[:4] == b"TTS1"
-    assert len(client.get(f"tts:audio:{key}")) > len(good) // 2
+    assert client.get(f"tts:audio:{key}.wav")[:4] == b"TTS1"
+    assert len(client.get(f"tts:audio:{key}.wav")) > len(good) // 2
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from tests.conftest import Response, ServerProcess, query, unique_text
 KEY = "openapi-admin-key-" + "k" * 20
 LIMITED_KEY = "openapi-limited-key-" + "k" * 20  # its own bucket, untouched by other tests
 VOICE = "en_US-joe-medium"
-SPEECH_OPERATIONS = [("get", "/tts"), ("post", "/tts"), ("get", "/tts/stream")]
-LIMITED_OPERATIONS = [*SPEECH_OPERATIONS, ("get", "/audio/{hash}.wav"), ("head", "/audio/{hash}.wav")]
+SPEECH_OPERATIONS = [("get", "/tts"), ("post", "/tts"), ("get", "/tts/stream"), ("post", "/tts/stream")]
+LIMITED_OPERATIONS = [*SPEECH_OPERATIONS, ("get", "/audio/{hash}.{ext}"), ("head", "/audio/{hash}.{ext}")]
 ADMIN_OPERATIONS = [
     ("get", "/admin/storage"),
     ("post", "/admin/cleanup"),
@@ -99,8 +99,9 @@ def doc(server: ServerProcess) -> dict[str, Any]:
 
 
 def openapi_path(pattern: str) -> str:
-    """A route's regex as the document writes it: `/audio/([^/]*)\\.wav` is `/audio/{hash}.wav`."""
-    return re.sub(r"\([^)]*\)", "{hash}", pattern.removesuffix("$")).replace("\\.", ".")
+    """A route's regex as the document writes it: `/audio/([^/]*)\\.([^/.]*)` is `/audio/{hash}.{ext}`."""
+    names = iter(["{hash}", "{ext}"])
+    return re.sub(r"\([^)]*\)", lambda _: next(names), pattern.removesuffix("$")).replace("\\.", ".")
 
 
 def implemented_methods(handler: type[tornado.web.RequestHandler]) -> set[str]:
@@ -166,12 +167,12 @@ def test_speech_operations_document_their_fields_and_every_status(doc, method, p
     assert set(operation["responses"]) == {"200", "400", "413", "429", "503"}
     if method == "post":
         body = follow(doc, operation["requestBody"]["content"]["application/json"]["schema"])
-        assert set(body["properties"]) == {"text", "speed", "voice", "speaker"}
+        assert set(body["properties"]) == {"text", "speed", "voice", "speaker", "format"}
         assert body["required"] == ["text"]
         assert body["additionalProperties"] is False
         return
     names = {follow(doc, parameter)["name"]: follow(doc, parameter) for parameter in operation["parameters"]}
-    expected = {"text", "speed", "voice", "speaker"} | ({"format"} if path == "/tts/stream" else set())
+    expected = {"text", "speed", "voice", "speaker", "format"}
     assert set(names) == expected
     assert names["text"]["required"] is True
 
@@ -231,10 +232,10 @@ def test_answers_of_the_public_routes_conform(server, doc, stored):
         ("POST", "/tts", server.post("/tts", {"text": unique_text("Conform"), "speed": None})),
         ("GET", "/tts/stream", server.get("/tts/stream?" + query(text=unique_text("Conform")))),
         ("GET", "/tts/stream", server.get("/tts/stream?" + query(text=unique_text("Conform"), format="wav"))),
-        ("GET", "/audio/{hash}.wav", server.get(audio)),
-        ("HEAD", "/audio/{hash}.wav", server.request_raw("HEAD", audio)),
-        ("GET", "/audio/{hash}.wav", server.get(audio, headers={"Range": "bytes=0-99"})),
-        ("GET", "/audio/{hash}.wav", server.get(audio, headers={"If-None-Match": etag})),
+        ("GET", "/audio/{hash}.{ext}", server.get(audio)),
+        ("HEAD", "/audio/{hash}.{ext}", server.request_raw("HEAD", audio)),
+        ("GET", "/audio/{hash}.{ext}", server.get(audio, headers={"Range": "bytes=0-99"})),
+        ("GET", "/audio/{hash}.{ext}", server.get(audio, headers={"If-None-Match": etag})),
         ("GET", "/voices", server.get("/voices")),
         ("GET", "/healthz", server.get("/healthz")),
         ("GET", "/readyz", server.get("/readyz")),
@@ -253,13 +254,13 @@ def test_error_answers_of_the_public_routes_conform(server, doc, stored):
         ("GET", "/tts", server.get("/tts?" + query(text="Hello.", speed=9))),
         ("GET", "/tts", server.get("/tts?" + query(text="Hello.", voice="nobody"))),
         ("POST", "/tts", server.post("/tts", b"{not json")),
-        ("GET", "/tts/stream", server.get("/tts/stream?" + query(text="Hello.", format="mp3"))),
+        ("GET", "/tts/stream", server.get("/tts/stream?" + query(text="Hello.", format="ogg"))),
         ("GET", "/tts", server.get("/tts?" + query(text="a" * 5001))),
         ("POST", "/tts", server.post("/tts", {"text": "a" * 5001})),
         ("POST", "/tts", server.post("/tts", {"text": "a" * 70_000})),
-        ("GET", "/audio/{hash}.wav", server.get(f"/audio/{'0' * 64}.wav")),
-        ("HEAD", "/audio/{hash}.wav", server.request_raw("HEAD", f"/audio/{'0' * 64}.wav")),
-        ("GET", "/audio/{hash}.wav", server.get(f"/audio/{key}.wav", headers={"Range": f"bytes={size}-"})),
+        ("GET", "/audio/{hash}.{ext}", server.get(f"/audio/{'0' * 64}.wav")),
+        ("HEAD", "/audio/{hash}.{ext}", server.request_raw("HEAD", f"/audio/{'0' * 64}.wav")),
+        ("GET", "/audio/{hash}.{ext}", server.get(f"/audio/{key}.wav", headers={"Range": f"bytes={size}-"})),
         ("GET", "/admin/storage", server.get("/admin/storage")),
         ("DELETE", "/tts", server.request_raw("DELETE", "/tts")),
         ("PUT", "/healthz", server.request_raw("PUT", "/healthz", body=b"")),
@@ -321,7 +322,7 @@ def test_rate_limited_answer_conforms(guarded, doc):
     answers = [guarded.get(f"/audio/{'0' * 64}.wav", headers=admin(LIMITED_KEY)) for _ in range(4)]
     assert [resp.status for resp in answers] == [404, 404, 404, 429]
     for resp in answers:
-        assert_conforms(doc, "GET", "/audio/{hash}.wav", resp)
+        assert_conforms(doc, "GET", "/audio/{hash}.{ext}", resp)
     assert answers[-1].headers["RateLimit-Remaining"] == "0"
 
 

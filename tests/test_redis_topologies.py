@@ -72,7 +72,7 @@ def test_sentinel_url_reaches_the_master_sentinel_names(make_redis, make_server,
     answer = server.get("/tts?" + query(text=unique_text("Through sentinel"))).json()
 
     assert server.get("/readyz").json()["redis"] == "ok"
-    assert master.client().exists(f"tts:audio:{answer['hash']}") == 1
+    assert master.client().exists(f"tts:audio:{answer['hash']}.wav") == 1
 
 
 def test_cluster_url_spreads_keys_over_the_cluster(make_server, processes, tmp_path: Path):
@@ -129,5 +129,5 @@ def test_cluster_url_spreads_keys_over_the_cluster(make_server, processes, tmp_p
     hashes = [server.get("/tts?" + query(text=unique_text(f"Cluster {n}"))).json()["hash"] for n in range(3)]
 
     assert server.get("/readyz").json()["redis"] == "ok"
-    assert all(cluster.exists(f"tts:audio:{key}") == 1 for key in hashes)
+    assert all(cluster.exists(f"tts:audio:{key}.wav") == 1 for key in hashes)
     cluster.close()

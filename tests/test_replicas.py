@@ -61,10 +61,10 @@ def test_waiting_replica_synthesizes_itself_when_the_lock_holder_died(replicas):
     key = first.get("/tts/stream?" + query(text=text)).headers["X-Audio-Hash"]
     client = redis.client()
     deadline = time.monotonic() + 10
-    while not client.exists(f"tts:audio:{key}") and time.monotonic() < deadline:
+    while not client.exists(f"tts:audio:{key}.wav") and time.monotonic() < deadline:
         time.sleep(0.05)  # the stream's audio reaches L2 just after the response ends
     # Forget the audio in L2 and fake a lock holder that died without releasing its lock.
-    client.delete(f"tts:audio:{key}")
+    client.delete(f"tts:audio:{key}.wav")
     client.set(f"tts:lock:{key}", "dead-holder", px=1500)
 
     started = time.monotonic()

@@ -1,7 +1,9 @@
-"""The audio files behind `/audio/{key}.wav`: atomic writes, verified reads, TTL clean-up.
+"""The audio files behind `/audio/{key}.{ext}`: atomic writes, verified reads, TTL clean-up.
 
 All file work runs on a small thread pool so a slow disk never stalls the IOLoop. A file is
-written to a temporary name and renamed, so readers see a whole WAV or nothing.
+written to a temporary name and renamed, so readers see a whole file or nothing. Files are named
+like the entries of the other tiers (`{key}.wav`, `{key}.mp3`, ...); a WAV is verified on every
+read, the encoded renditions (which only PyAV could parse) are checked for being non-empty.
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ from server.settings import StorageSettings
 TEMP_SUFFIX = ".tmp"
 
 
+def _verified(name: str, data: bytes) -> bool:
+    """A WAV must parse as one this server wrote; any other rendition must at least have bytes."""
+    if not name.endswith(".wav"):
+        return bool(data)
+    try:
+        parse_wav(data)
+    except ValueError:
+        return False
+    return True
+
+
 class DiskStore:
     def __init__(self, settings: StorageSettings) -> None:
         self._root = Path(settings.dir)
@@ -33,33 +46,31 @@ class DiskStore:
     def root(self) -> Path:
         return self._root
 
-    def path(self, key: str) -> Path:
-        # Keys are validated hex digests before they reach here; the fan-out keeps folders small.
-        return self._root / key[:2] / f"{key}.wav"
+    def path(self, name: str) -> Path:
+        # Names are a validated hex digest and a known suffix; the fan-out keeps folders small.
+        return self._root / name[:2] / name
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _read(self, key: str) -> bytes | None:
-        path = self.path(key)
+    def _read(self, name: str) -> bytes | None:
+        path = self.path(name)
         try:
             if time.time() - path.stat().st_mtime > self._ttl_s:
                 return None
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        try:
-            parse_wav(data)
-        except ValueError:
+        if not _verified(name, data):
             logger.warning("corrupt audio file {} removed", path.name)
             path.unlink(missing_ok=True)
             return None
         return data
 
-    def _write(self, key: str, data: bytes) -> None:
-        path = self.path(key)
+    def _write(self, name: str, data: bytes) -> None:
+        path = self.path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=TEMP_SUFFIX)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -68,19 +79,21 @@ class DiskStore:
             Path(temp).unlink(missing_ok=True)
             raise
 
-    def _touch(self, key: str) -> bool:
+    def _touch(self, name: str) -> bool:
         try:
-            os.utime(self.path(key))
+            os.utime(self.path(name))
         except OSError:
             return False
         return True
 
     def _delete(self, key: str) -> bool:
-        try:
-            self.path(key).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        """Remove every rendition of `key` (its WAV and the encoded files beside it)."""
+        removed = False
+        for path in (self._root / key[:2]).glob(f"{key}.*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed = True
+        return removed
 
     def _clean(self) -> int:
         cutoff = time.time() - self._ttl_s
@@ -101,7 +114,9 @@ class DiskStore:
         cutoff = time.time() - self._ttl_s
         files = size = expired = 0
         if self._root.is_dir():
-            for path in self._root.glob("*/*.wav"):
+            for path in self._root.glob("*/*"):
+                if path.name.endswith(TEMP_SUFFIX):
+                    continue
                 try:
                     info = path.stat()
                 except FileNotFoundError:
@@ -126,24 +141,24 @@ class DiskStore:
     async def purge(self) -> int:
         return await self._run(self._purge)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, name: str) -> bytes | None:
         try:
-            return await self._run(self._read, key)
+            return await self._run(self._read, name)
         except OSError as exc:
             logger.warning("audio file read failed: {}", exc)
             return None
 
-    async def put(self, key: str, data: bytes) -> bool:
+    async def put(self, name: str, data: bytes) -> bool:
         try:
-            await self._run(self._write, key, data)
+            await self._run(self._write, name, data)
         except OSError as exc:
             self.write_errors += 1
             logger.warning("audio file write failed: {}", exc)
             return False
         return True
 
-    async def touch(self, key: str) -> bool:
-        return await self._run(self._touch, key)
+    async def touch(self, name: str) -> bool:
+        return await self._run(self._touch, name)
 
     async def delete(self, key: str) -> bool:
         return await self._run(self._delete, key)

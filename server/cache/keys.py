@@ -45,3 +45,8 @@ def audio_key(parts: KeyParts) -> str:
 
 def is_key(value: str) -> bool:
     return KEY_PATTERN.fullmatch(value) is not None
+
+
+def entry_name(key: str, suffix: str) -> str:
+    """The name one rendition of the audio has in every tier: `{key}.wav`, `{key}.mp3`, ..."""
+    return f"{key}.{suffix}"

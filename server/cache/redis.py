@@ -128,8 +128,8 @@ class RedisCache:
             self._client = connect(self._settings)
         return self._client
 
-    def _key(self, key: str) -> str:
-        return f"{self._settings.key_prefix}audio:{key}"
+    def _key(self, name: str) -> str:
+        return f"{self._settings.key_prefix}audio:{name}"
 
     def _allowed(self) -> bool:
         # Half-open: once the breaker's time is up, calls go through again and the first
@@ -187,26 +187,26 @@ class RedisCache:
             with contextlib.suppress(Exception):
                 await pool.disconnect()
 
-    async def get(self, key: str) -> bytes | None:
-        value, ok = await self._call(lambda r: r.get(self._key(key)))
+    async def get(self, name: str) -> bytes | None:
+        value, ok = await self._call(lambda r: r.get(self._key(name)))
         if not ok or value is None:
             return None
         payload = unframe(value)
         if payload is None:
-            logger.warning("corrupt L2 entry {} ignored", key)
+            logger.warning("corrupt L2 entry {} ignored", name)
         return payload
 
-    async def put(self, key: str, payload: bytes, ttl_s: int | None = None) -> bool:
+    async def put(self, name: str, payload: bytes, ttl_s: int | None = None) -> bool:
         ttl = ttl_s or self._settings.ttl_s
-        _, ok = await self._call(lambda r: r.set(self._key(key), frame(payload), ex=ttl))
+        _, ok = await self._call(lambda r: r.set(self._key(name), frame(payload), ex=ttl))
         return ok
 
-    async def touch(self, key: str) -> bool:
-        value, ok = await self._call(lambda r: r.expire(self._key(key), self._settings.ttl_s))
+    async def touch(self, name: str) -> bool:
+        value, ok = await self._call(lambda r: r.expire(self._key(name), self._settings.ttl_s))
         return ok and bool(value)
 
-    async def delete(self, key: str) -> bool:
-        _, ok = await self._call(lambda r: r.delete(self._key(key)))
+    async def delete(self, *names: str) -> bool:
+        _, ok = await self._call(lambda r: r.delete(*(self._key(name) for name in names)))
         return ok
 
     async def acquire_lock(self, key: str, token: str, ttl_s: float) -> bool | None:

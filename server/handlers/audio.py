@@ -1,4 +1,7 @@
-"""`/audio/{hash}.wav`: a stored WAV from L1, L2 or disk, with Range and ETag support."""
+"""`/audio/{hash}.{ext}`: stored audio in any format from L1, L2 or disk, with Range and ETag support.
+
+A format that is not stored yet is encoded once from the key's WAV (and stored beside it).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import re
 import zlib
 from typing import Final
 
-from server.errors import RangeNotSatisfiable
+from server.audio.formats import BY_EXTENSION, Rendition
+from server.errors import NotFound, RangeNotSatisfiable
 from server.handlers.base import BaseHandler
 from server.ratelimit import REQUESTS
 
@@ -41,20 +45,23 @@ class AudioHandler(BaseHandler):
         super().prepare()
         await self.limit(REQUESTS)
 
-    async def get(self, key: str) -> None:
-        """The WAV for a hash that /tts returned."""
-        await self._send(key, include_body=True)
+    async def get(self, key: str, ext: str) -> None:
+        """The audio for a hash that /tts returned, in the format its extension names."""
+        await self._send(key, ext, include_body=True)
 
-    async def head(self, key: str) -> None:
+    async def head(self, key: str, ext: str) -> None:
         """Headers only, as for GET."""
-        await self._send(key, include_body=False)
+        await self._send(key, ext, include_body=False)
 
-    async def _send(self, key: str, include_body: bool) -> None:
-        audio = await self.services.speech.audio(key)
+    async def _send(self, key: str, ext: str, include_body: bool) -> None:
+        audio_format = BY_EXTENSION.get(ext)
+        if audio_format is None:
+            raise NotFound("no such audio")
+        audio = await self.services.renditions.stored(key, Rendition(audio_format))
         self.cache_tier = audio.tier
-        data = audio.wav
-        etag = f'"{key[:32]}-{zlib.crc32(data):08x}"'
-        self.set_header("Content-Type", "audio/wav")
+        data = audio.data
+        etag = f'"{key[:32]}-{ext}-{zlib.crc32(data):08x}"'
+        self.set_header("Content-Type", audio_format.content_type)
         self.set_header("ETag", etag)
         self.set_header("Accept-Ranges", "bytes")
         self.set_header("Cache-Control", f"public, max-age={self.services.settings.storage.ttl_s}, immutable")

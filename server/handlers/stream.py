@@ -1,19 +1,18 @@
-"""`/tts/stream`: chunked PCM (or a streaming WAV) sent as each chunk is synthesized."""
+"""`/tts/stream`: audio in any format, sent as each chunk is synthesized (and encoded)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Final
+from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from server.audio.pcm import CHANNELS, wav_header
-from server.errors import InvalidRequest, RateLimited, TTSError
+from server.audio.formats import PCM, Rendition
+from server.audio.pcm import CHANNELS
+from server.errors import RateLimited, TTSError
 from server.handlers.tts import SpeechHandler
-from server.speech import Stream
-
-FORMATS: Final = ("pcm", "wav")
+from server.renditions import EncodedStream
 
 
 class StreamHandler(SpeechHandler):
@@ -21,14 +20,18 @@ class StreamHandler(SpeechHandler):
 
     async def get(self) -> None:
         """Stream the speech for the query's text as it is synthesized."""
-        fields = self.query_fields()
-        audio_format = fields.pop("format", "pcm") or "pcm"
-        if audio_format not in FORMATS:
-            raise InvalidRequest(f"format must be one of {', '.join(FORMATS)}")
+        await self._stream_fields(self.query_fields())
+
+    async def post(self) -> None:
+        """As GET, with the fields of POST /tts in a JSON body (for texts too long for a URL)."""
+        await self._stream_fields(dict(self.json_fields()))
+
+    async def _stream_fields(self, fields: dict[str, Any]) -> None:
+        rendition = Rendition(self.audio_format(fields, "pcm"))
         request = self.speech_request(fields)
         with self._stream_slot():
-            stream = await self.services.speech.stream(request, self.client_id)
-            await self._send(stream, audio_format)
+            stream = await self.services.renditions.stream(request, rendition, self.client_id)
+            await self._send(stream)
 
     @contextlib.contextmanager
     def _stream_slot(self) -> Iterator[None]:
@@ -46,7 +49,7 @@ class StreamHandler(SpeechHandler):
             if open_streams[client] <= 0:
                 del open_streams[client]
 
-    async def _send(self, stream: Stream, audio_format: str) -> None:
+    async def _send(self, stream: EncodedStream) -> None:
         self._stream = stream
         self.cache_tier = stream.tier
         metrics = self.services.metrics
@@ -56,9 +59,7 @@ class StreamHandler(SpeechHandler):
             # Errors before the first audio (nothing to speak, synthesis failure) still get a
             # proper JSON status; after it, the only signal left is closing the connection.
             first = await anext(chunks, b"")
-            self._write_headers(audio_format, stream.sample_rate, stream.tier, stream.key)
-            if audio_format == "wav":
-                self.write(wav_header(stream.sample_rate, None))
+            self._write_headers(stream)
             self.write(first)
             await self.flush()
             async for chunk in chunks:
@@ -82,15 +83,14 @@ class StreamHandler(SpeechHandler):
             stream.close()  # stop synthesizing now, not when the next chunk fails to send
         super().on_connection_close()
 
-    def _write_headers(self, audio_format: str, sample_rate: int, tier: str, key: str) -> None:
-        if audio_format == "wav":
-            self.set_header("Content-Type", "audio/wav")
-        else:
-            self.set_header("Content-Type", "audio/pcm")
+    def _write_headers(self, stream: EncodedStream) -> None:
+        audio_format = stream.rendition.format
+        self.set_header("Content-Type", audio_format.content_type)
+        if audio_format is PCM:
             self.set_header("X-Audio-Format", "s16le")
-        self.set_header("X-Audio-Sample-Rate", str(sample_rate))
+        self.set_header("X-Audio-Sample-Rate", str(stream.sample_rate))
         self.set_header("X-Audio-Channels", str(CHANNELS))
-        self.set_header("X-Audio-Hash", key)
-        self.set_header("X-Cache", tier)
+        self.set_header("X-Audio-Hash", stream.key)
+        self.set_header("X-Cache", stream.tier)
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Accel-Buffering", "no")  # nginx would otherwise buffer the stream

@@ -1,13 +1,14 @@
-"""`/tts`: synthesize (or find) the audio and answer with a URL to its WAV."""
+"""`/tts`: synthesize (or find) the audio and answer with a URL to it in the asked format."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from server.audio.formats import AudioFormat, Rendition
 from server.handlers.base import BaseHandler
 from server.ratelimit import REQUESTS
-from server.request import SpeechRequest, parse_speech_request
+from server.request import SpeechRequest, parse_format, parse_speech_request
 
 
 class SpeechHandler(BaseHandler):
@@ -16,6 +17,10 @@ class SpeechHandler(BaseHandler):
     async def prepare(self) -> None:
         super().prepare()
         await self.limit(REQUESTS)
+
+    def audio_format(self, fields: dict[str, Any], default: str) -> AudioFormat:
+        """Take `format` out of the fields (it changes the encoding, never the audio key)."""
+        return parse_format(fields.pop("format", None), default)
 
     def speech_request(self, fields: Mapping[str, Any]) -> SpeechRequest:
         synthesis = self.services.settings.synthesis
@@ -37,14 +42,16 @@ class TTSHandler(SpeechHandler):
 
     async def get(self) -> None:
         """Synthesize from query arguments."""
-        await self._respond(self.speech_request(self.query_fields()))
+        await self._respond(self.query_fields())
 
     async def post(self) -> None:
         """Synthesize from a JSON body with the same fields."""
-        await self._respond(self.speech_request(self.json_fields()))
+        await self._respond(dict(self.json_fields()))
 
-    async def _respond(self, request: SpeechRequest) -> None:
-        audio = await self.services.speech.synthesize(request, self.client_id)
+    async def _respond(self, fields: dict[str, Any]) -> None:
+        audio_format = self.audio_format(fields, "wav")
+        request = self.speech_request(fields)
+        audio = await self.services.renditions.file(request, Rendition(audio_format), self.client_id)
         self.cache_tier = audio.tier
         self.write_json(
             {
@@ -52,8 +59,8 @@ class TTSHandler(SpeechHandler):
                 "text": request.text,
                 "speed": request.speed,
                 "voice": request.voice,
-                "audio_url": f"{self.base_url()}/audio/{audio.key}.wav",
-                "duration_s": round(audio.duration_s, 3),
+                "audio_url": f"{self.base_url()}/audio/{audio.key}.{audio_format.ext}",
+                "duration_s": round(audio.duration_s or 0.0, 3),
                 "sample_rate": audio.sample_rate,
                 "cache": audio.tier,
             }
