@@ -21,6 +21,7 @@ from server.handlers.player import PlayerHandler
 from server.handlers.stream import StreamHandler
 from server.handlers.tts import TTSHandler
 from server.handlers.voices import VoicesHandler
+from server.openai.handlers import ROUTES as OPENAI_ROUTES
 from server.services import Services
 from server.settings import Settings
 
@@ -36,6 +37,7 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         (r"/readyz", ReadyHandler),
         (r"/metrics", MetricsHandler),
         (r"/openapi\.json", OpenAPIHandler),
+        *OPENAI_ROUTES,
         (r"/admin/storage", StorageHandler),
         (r"/admin/cleanup", CleanupHandler),
         (r"/admin/audio/([^/]*)", AdminAudioHandler),

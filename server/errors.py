@@ -14,10 +14,16 @@ class TTSError(Exception):
     code: str = "internal_error"
 
     def __init__(
-        self, message: str, *, retry_after_s: int | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        retry_after_s: int | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param  # the request field at fault, when one is (OpenAI's error shape names it)
         self.retry_after_s = retry_after_s
         self.headers = dict(headers or {})
         if retry_after_s is not None:
@@ -26,6 +32,10 @@ class TTSError(Exception):
 
 class InvalidRequest(TTSError):
     status, code = 400, "invalid_request"
+
+
+class ModelNotFound(TTSError):
+    status, code = 400, "model_not_found"
 
 
 class UnknownVoice(TTSError):

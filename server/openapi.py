@@ -332,7 +332,7 @@ def _audio_operation(summary: str, with_body: bool) -> Schema:
                 "content": _audio_content(wav or {}),
             },
             "304": _response("If-None-Match matched the ETag", headers=file_headers),
-            **_errors("404", "416", "429"),
+            **_errors("401", "404", "416", "429"),
         },
     }
 
@@ -349,7 +349,7 @@ def _paths(settings: Settings) -> Schema:
     pcm = {"type": "string", "format": "binary"}
     admin: Schema = {"security": [{"ApiKey": []}], "tags": ["admin"]}
     admin_errors = _errors("401", "404")
-    speech_errors = _errors("400", "413", "429", "503")
+    speech_errors = _errors("400", "401", "413", "429", "503")
     return {
         "/": {
             "get": {

@@ -77,9 +77,11 @@ class Renditions:
     # -- whole files -------------------------------------------------------------------------
 
     async def file(self, request: SpeechRequest, rendition: Rendition, client: str = "") -> RenderedAudio:
-        """The audio for `/tts` (and a non-streamed `/v1/audio/speech`), stored where a URL reaches it."""
+        """The audio for `/tts`, stored where a URL reaches it, with its rate and duration."""
         audio = await self._speech.synthesize(request, client)
-        return await self._from_wav(audio, rendition)
+        found = await self._from_wav(audio, rendition)
+        rate = rendition.sample_rate(audio.sample_rate)
+        return RenderedAudio(found.key, found.data, found.tier, rendition, rate, audio.duration_s)
 
     async def stored(self, key: str, rendition: Rendition) -> RenderedAudio:
         """A stored rendition by key (for `/audio/{key}.{ext}`): a hit, or encoded from its WAV."""
@@ -92,9 +94,10 @@ class Renditions:
         return await self._from_wav(await self._speech.audio(key), rendition)
 
     async def _from_wav(self, audio: Audio, rendition: Rendition) -> RenderedAudio:
-        rate = rendition.sample_rate(audio.sample_rate)
         if rendition.format is WAV and not _encoded(rendition):
-            return RenderedAudio(audio.key, audio.wav, audio.tier, rendition, rate, audio.duration_s)
+            # The hot path of /audio hits: the stored bytes as they are, nothing parsed.
+            return RenderedAudio(audio.key, audio.wav, audio.tier, rendition, 0, None)
+        rate = rendition.sample_rate(audio.sample_rate)
         if not _encoded(rendition):
             pcm = bytes(parse_wav(audio.wav)[1])
             return RenderedAudio(audio.key, pcm, audio.tier, rendition, rate, audio.duration_s)

@@ -93,12 +93,12 @@ def parse_speech_request(
         raise InvalidRequest("text must be a string")
     if len(raw_text) > max_chars * 4:
         # Cheap early bound before normalizing huge input; the exact limit is checked below.
-        raise TextTooLong(f"text is longer than {max_chars} characters")
+        raise TextTooLong(f"text is longer than {max_chars} characters", param="text")
     text = normalize_text(raw_text)
     if not text:
-        raise InvalidRequest("text is empty")
+        raise InvalidRequest("text is empty", param="text")
     if len(text) > max_chars:
-        raise TextTooLong(f"text is {len(text)} characters; the limit is {max_chars}")
+        raise TextTooLong(f"text is {len(text)} characters; the limit is {max_chars}", param="text")
     label, length_scale = parse_speed(fields.get("speed"))
     return SpeechRequest(
         text=text,

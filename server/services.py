@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class Lifecycle:
 
     draining: bool = False
     in_flight: int = 0  # requests being handled, streams included
+    started_at: float = field(default_factory=time.time)  # the `created` of /v1/models
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Services:
     keyring: KeyRing
     limiter: RateLimiter
     trusted_proxies: tuple[Network, ...]
+    api_keys: KeyRing  # public keys for /tts*, /audio*, /v1/*; off when none are configured
     streams_by_client: Counter[str] = field(default_factory=Counter)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -89,6 +92,7 @@ class Services:
             KeyRing(settings.admin_api_keys),
             limiter,
             parse_networks(settings.server.trusted_proxies),
+            KeyRing(settings.api_keys),
         )
 
     @property

@@ -21,7 +21,7 @@ ENV_PREFIX: Final = "TTS__"
 DEFAULT_CONFIG_PATH: Final = Path("config.yaml")
 MIB: Final = 1024 * 1024
 MIN_ADMIN_KEY_CHARS: Final = 16
-SECRET_FIELDS: Final = frozenset({"admin_api_keys"})
+SECRET_FIELDS: Final = frozenset({"admin_api_keys", "api_keys"})
 
 
 class SettingsError(ValueError):
@@ -42,6 +42,8 @@ def _opt(
 ) -> Any:
     """A dataclass field with its validation rule kept beside the default."""
     meta = {"low": low, "high": high, "choices": choices}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -97,6 +99,15 @@ class AudioSettings:
 
 
 @dataclass(frozen=True)
+class OpenAISettings:
+    """The OpenAI-compatible front door (`/v1/audio/speech`)."""
+
+    max_input_chars: int = _opt(4096, low=1, high=1_000_000)
+    # OpenAI voice name -> one of our voice ids; an OpenAI name not listed speaks with the default.
+    voices: dict[str, str] = _opt({})
+
+
+@dataclass(frozen=True)
 class RedisSettings:
     url: str = _opt("")
     timeout_s: float = _opt(0.25, low=0.01, high=30)
@@ -141,6 +152,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -148,6 +160,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     # Secrets come only from the environment (or a mounted file), never from config.yaml.
     admin_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # public keys for /tts*, /audio*, /v1/*
 
     def worker_count(self, cores: int | None = None) -> int:
         """Configured workers, or one per two cores (each worker runs multi-threaded inference)."""
@@ -196,7 +209,28 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
             return tuple(value)
         raise SettingsError(key, f"expected a list of strings, got {value!r}")
+    if hint == dict[str, str]:
+        return _mapping(key, value)
     raise SettingsError(key, f"unsupported type {hint!r}")  # pragma: no cover - programming error
+
+
+def _mapping(key: str, value: Any) -> dict[str, str]:
+    """A name -> name table: a YAML mapping, or `a=b,c=d` in an environment variable."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        pairs = [item.strip() for item in value.split(",") if item.strip()]
+        if not all("=" in pair for pair in pairs):
+            raise SettingsError(key, f"expected name=value pairs separated by commas, got {value!r}")
+        value = dict(pair.split("=", 1) for pair in pairs)
+        value = {name.strip(): target.strip() for name, target in value.items()}
+    valid = isinstance(value, Mapping) and all(
+        isinstance(name, str) and isinstance(target, str) and name and target
+        for name, target in value.items()
+    )
+    if not valid:
+        raise SettingsError(key, f"expected a mapping of names to names, got {value!r}")
+    return dict(value)
 
 
 def _check(key: str, value: Any, meta: Mapping[str, Any]) -> None:
@@ -244,21 +278,22 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return overrides
 
 
-def _admin_keys(environ: Mapping[str, str]) -> tuple[str, ...]:
-    """Admin API keys from TTS_ADMIN_API_KEYS (comma-separated) and/or TTS_ADMIN_API_KEYS_FILE."""
-    keys = [k.strip() for k in environ.get("TTS_ADMIN_API_KEYS", "").split(",")]
-    path = environ.get("TTS_ADMIN_API_KEYS_FILE")
+def _admin_keys(environ: Mapping[str, str], name: str = "TTS_ADMIN_API_KEYS") -> tuple[str, ...]:
+    """API keys from `name` (comma-separated) and/or `{name}_FILE` (one key a line).
+
+    Used for the admin keys (TTS_ADMIN_API_KEYS) and the public ones (TTS_API_KEYS).
+    """
+    keys = [k.strip() for k in environ.get(name, "").split(",")]
+    path = environ.get(f"{name}_FILE")
     if path:
         try:
             keys += [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
         except OSError as exc:
-            raise SettingsError("TTS_ADMIN_API_KEYS_FILE", f"cannot read {path}: {exc.strerror}") from None
+            raise SettingsError(f"{name}_FILE", f"cannot read {path}: {exc.strerror}") from None
     keys = [k for k in keys if k]
     for key in keys:
         if len(key) < MIN_ADMIN_KEY_CHARS:
-            raise SettingsError(
-                "TTS_ADMIN_API_KEYS", f"every key needs at least {MIN_ADMIN_KEY_CHARS} characters"
-            )
+            raise SettingsError(name, f"every key needs at least {MIN_ADMIN_KEY_CHARS} characters")
     return tuple(keys)
 
 
@@ -281,7 +316,11 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
         merged[section].update(values)
     hints = get_type_hints(Settings)
     built = {name: _build_section(name, hints[name], merged[name]) for name in sections}
-    settings = Settings(**built, admin_api_keys=_admin_keys(environ or {}))
+    settings = Settings(
+        **built,
+        admin_api_keys=_admin_keys(environ or {}),
+        api_keys=_admin_keys(environ or {}, "TTS_API_KEYS"),
+    )
     schemes = (
         "redis://",
         "rediss://",

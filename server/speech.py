@@ -354,7 +354,7 @@ class SpeechService:
                     sentences, self._settings.first_chunk_max_phonemes, self._settings.chunk_max_phonemes
                 )
                 if not plan:
-                    raise InvalidRequest("text has nothing to speak")
+                    raise InvalidRequest("text has nothing to speak", param="text")
                 first_at = 0.0
                 audio_s = 0.0
                 seconds_per_phoneme = 0.0  # this flight's measured inference cost

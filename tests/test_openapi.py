@@ -164,7 +164,7 @@ def test_voice_is_one_of_the_loaded_voices(doc):
 @pytest.mark.parametrize(("method", "path"), SPEECH_OPERATIONS)
 def test_speech_operations_document_their_fields_and_every_status(doc, method, path):
     operation = doc["paths"][path][method]
-    assert set(operation["responses"]) == {"200", "400", "413", "429", "503"}
+    assert set(operation["responses"]) == {"200", "400", "401", "413", "429", "503"}
     if method == "post":
         body = follow(doc, operation["requestBody"]["content"]["application/json"]["schema"])
         assert set(body["properties"]) == {"text", "speed", "voice", "speaker", "format"}

@@ -34,7 +34,7 @@ JSON = "application/json; charset=utf-8"
 APP_ORIGIN = "https://app.example.com"
 OTHER_ORIGIN = "https://evil.example.net"
 PREFLIGHT_METHODS = "GET, POST, HEAD, OPTIONS"
-PREFLIGHT_HEADERS = "Content-Type, X-Request-ID, X-API-Key, Range"
+PREFLIGHT_HEADERS = "Content-Type, X-Request-ID, X-API-Key, Authorization, Range"
 CROWD_KEY = "security-crowd-key-" + "k" * 16
 
 

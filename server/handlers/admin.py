@@ -35,6 +35,7 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
             host = parts.netloc.rpartition("@")[2]
             config["redis"]["url"] = urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))
     config["admin_api_keys"] = f"{len(settings.admin_api_keys)} configured"
+    config["api_keys"] = f"{len(settings.api_keys)} configured"
     return config
 
 

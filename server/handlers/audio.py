@@ -43,6 +43,7 @@ class AudioHandler(BaseHandler):
 
     async def prepare(self) -> None:
         super().prepare()
+        self.require_api_key()
         await self.limit(REQUESTS)
 
     async def get(self, key: str, ext: str) -> None:

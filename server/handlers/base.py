@@ -15,7 +15,7 @@ from loguru import logger
 
 from server.auth import KeyRing
 from server.clients import client_address
-from server.errors import BodyTooLarge, InvalidRequest, NotFound, RateLimited, TTSError
+from server.errors import BodyTooLarge, InvalidRequest, NotFound, RateLimited, TTSError, Unauthorized
 from server.services import Services
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -116,7 +116,9 @@ class BaseHandler(tornado.web.RequestHandler):
         """CORS preflight: allowed origins get the methods and headers they may use."""
         if "Access-Control-Allow-Origin" in self._headers:
             self.set_header("Access-Control-Allow-Methods", "GET, POST, HEAD, OPTIONS")
-            self.set_header("Access-Control-Allow-Headers", "Content-Type, X-Request-ID, X-API-Key, Range")
+            self.set_header(
+                "Access-Control-Allow-Headers", "Content-Type, X-Request-ID, X-API-Key, Authorization, Range"
+            )
             self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
 
@@ -131,12 +133,34 @@ class BaseHandler(tornado.web.RequestHandler):
         )
 
     @property
+    def presented_key(self) -> str | None:
+        """The API key the client sent: `Authorization: Bearer <key>` (OpenAI's SDKs) or `X-API-Key`."""
+        scheme, _, credentials = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+        return self.request.headers.get("X-API-Key")
+
+    @property
     def client_id(self) -> str:
-        """The rate-limit identity: a recognized API key, else the client's address."""
-        key = self.request.headers.get("X-API-Key")
-        if key and self.services.keyring.matches(key):
+        """The rate-limit identity: a recognized API key (admin or public), else the client's address."""
+        key = self.presented_key
+        if key and (self.services.keyring.matches(key) or self.services.api_keys.matches(key)):
             return f"key:{KeyRing.fingerprint(key)}"
         return f"ip:{self.client_address}"
+
+    def require_api_key(self) -> None:
+        """With public API keys configured, only a request carrying one of them goes on (else 401)."""
+        keys = self.services.api_keys
+        if not keys.enabled or self.request.method == "OPTIONS":
+            return  # keys off (the quick start), or a preflight, which never carries credentials
+        if not keys.matches(self.presented_key):
+            logger.bind(request_id=self.request_id).warning(
+                "missing or wrong API key from {}", self.client_address
+            )
+            raise Unauthorized(
+                "a valid API key is required: send Authorization: Bearer <key> or X-API-Key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     async def limit(self, bucket: str) -> None:
         """Take a token from this client's bucket; 429 with Retry-After when it is empty."""
@@ -210,7 +234,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False))
+        param = exc.param if isinstance(exc, TTSError) else None
+        self.finish(json.dumps(self.error_body(status_code, code, message, param), ensure_ascii=False))
+
+    def error_body(self, status: int, code: str, message: str, param: str | None) -> dict[str, Any]:
+        """The native API's error shape; another front door (OpenAI's /v1) overrides this alone."""
+        return {"error": {"code": code, "message": message}}
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -15,26 +15,20 @@ from server.handlers.tts import SpeechHandler
 from server.renditions import EncodedStream
 
 
-class StreamHandler(SpeechHandler):
-    route = "/tts/stream"
+class StreamingHandler(SpeechHandler):
+    """Sends an encoded speech stream chunk by chunk; the routes that stream speech build on it.
 
-    async def get(self) -> None:
-        """Stream the speech for the query's text as it is synthesized."""
-        await self._stream_fields(self.query_fields())
+    Subclasses may frame each chunk (`frame`) and end the body (`trailer`), as OpenAI's SSE does.
+    """
 
-    async def post(self) -> None:
-        """As GET, with the fields of POST /tts in a JSON body (for texts too long for a URL)."""
-        await self._stream_fields(dict(self.json_fields()))
+    def frame(self, chunk: bytes) -> bytes:
+        return chunk
 
-    async def _stream_fields(self, fields: dict[str, Any]) -> None:
-        rendition = Rendition(self.audio_format(fields, "pcm"))
-        request = self.speech_request(fields)
-        with self._stream_slot():
-            stream = await self.services.renditions.stream(request, rendition, self.client_id)
-            await self._send(stream)
+    def trailer(self, stream: EncodedStream) -> bytes:
+        return b""
 
     @contextlib.contextmanager
-    def _stream_slot(self) -> Iterator[None]:
+    def stream_slot(self) -> Iterator[None]:
         """At most `limits.streams_per_client` concurrent streams per client (in this worker)."""
         limits = self.services.settings.limits
         open_streams = self.services.streams_by_client
@@ -49,7 +43,7 @@ class StreamHandler(SpeechHandler):
             if open_streams[client] <= 0:
                 del open_streams[client]
 
-    async def _send(self, stream: EncodedStream) -> None:
+    async def send_stream(self, stream: EncodedStream) -> None:
         self._stream = stream
         self.cache_tier = stream.tier
         metrics = self.services.metrics
@@ -59,13 +53,14 @@ class StreamHandler(SpeechHandler):
             # Errors before the first audio (nothing to speak, synthesis failure) still get a
             # proper JSON status; after it, the only signal left is closing the connection.
             first = await anext(chunks, b"")
-            self._write_headers(stream)
-            self.write(first)
+            self.write_stream_headers(stream)
+            self.write(self.frame(first) if first else b"")
             await self.flush()
             async for chunk in chunks:
-                self.write(chunk)
-                await self.flush()  # flow control: a slow reader paces us, memory stays bounded
-            self.finish()
+                if chunk:
+                    self.write(self.frame(chunk))
+                    await self.flush()  # flow control: a slow reader paces us, memory stays bounded
+            self.finish(self.trailer(stream))
         except StreamClosedError:
             pass  # the client went away; close() below stops the synthesis
         except TTSError:
@@ -83,7 +78,7 @@ class StreamHandler(SpeechHandler):
             stream.close()  # stop synthesizing now, not when the next chunk fails to send
         super().on_connection_close()
 
-    def _write_headers(self, stream: EncodedStream) -> None:
+    def write_stream_headers(self, stream: EncodedStream) -> None:
         audio_format = stream.rendition.format
         self.set_header("Content-Type", audio_format.content_type)
         if audio_format is PCM:
@@ -94,3 +89,22 @@ class StreamHandler(SpeechHandler):
         self.set_header("X-Cache", stream.tier)
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Accel-Buffering", "no")  # nginx would otherwise buffer the stream
+
+
+class StreamHandler(StreamingHandler):
+    route = "/tts/stream"
+
+    async def get(self) -> None:
+        """Stream the speech for the query's text as it is synthesized."""
+        await self._stream_fields(self.query_fields())
+
+    async def post(self) -> None:
+        """As GET, with the fields of POST /tts in a JSON body (for texts too long for a URL)."""
+        await self._stream_fields(dict(self.json_fields()))
+
+    async def _stream_fields(self, fields: dict[str, Any]) -> None:
+        rendition = Rendition(self.audio_format(fields, "pcm"))
+        request = self.speech_request(fields)
+        with self.stream_slot():
+            stream = await self.services.renditions.stream(request, rendition, self.client_id)
+            await self.send_stream(stream)

@@ -16,6 +16,7 @@ class SpeechHandler(BaseHandler):
 
     async def prepare(self) -> None:
         super().prepare()
+        self.require_api_key()
         await self.limit(REQUESTS)
 
     def audio_format(self, fields: dict[str, Any], default: str) -> AudioFormat:

@@ -1,0 +1,147 @@
+"""The /v1 handlers: OpenAI's speech endpoint and discovery routes, on the same services as /tts.
+
+`POST /v1/audio/speech` is translated once into our `SpeechRequest` and a rendition, then runs
+exactly like `/tts/stream` (same cache keys and tiers, limits, metrics, request ids, cancellation
+on disconnect): the body is the encoded file, sent chunk by chunk while synthesis runs, or with
+`stream_format: sse` the same bytes as base64 `speech.audio.delta` events. Every error on /v1 is
+written in OpenAI's shape by `OpenAIErrors.error_body`, the one place that maps our errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Final
+
+from server.audio.formats import FORMATS, PCM, Rendition
+from server.errors import NotFound
+from server.handlers.base import BaseHandler
+from server.handlers.stream import StreamingHandler
+from server.openai.schemas import SpeechBody, parse_speech_body
+from server.openai.voices import MODELS, resolve_voice
+from server.renditions import EncodedStream
+from server.request import SpeechRequest, parse_speech_request
+
+PCM_RATE: Final = 24000  # OpenAI's `pcm` is 24 kHz whatever the voice's rate
+OWNER: Final = "tts-server"
+SSE: Final = "text/event-stream"
+
+
+def error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+class OpenAIErrors(BaseHandler):
+    """Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, same statuses."""
+
+    def error_body(self, status: int, code: str, message: str, param: str | None) -> dict[str, Any]:
+        if param == "text":  # the shared services name the native field; this dialect calls it `input`
+            param, message = "input", message.replace("text", "input", 1)
+        return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+class OpenAISpeechHandler(OpenAIErrors, StreamingHandler):
+    route = "/v1/audio/speech"
+
+    async def post(self) -> None:
+        """Speak `input` in `response_format`, streamed as it is synthesized (or as SSE events)."""
+        body = parse_speech_body(self.json_fields())
+        self._sse = body.stream_format == "sse"
+        request = self._speech_request(body)
+        fmt = FORMATS[body.response_format]
+        rendition = Rendition(PCM, PCM_RATE) if fmt is PCM else Rendition(fmt)
+        with self.stream_slot():
+            stream = await self.services.renditions.stream(request, rendition, self.client_id)
+            await self.send_stream(stream)
+
+    def _speech_request(self, body: SpeechBody) -> SpeechRequest:
+        settings = self.services.settings
+        catalog = self.services.catalog
+        voice = resolve_voice(
+            body.model,
+            body.voice_id,
+            voices=[info.id for info in catalog.infos()],
+            aliases=settings.openai.voices,
+            default=catalog.default_voice,
+        )
+        limit = min(settings.openai.max_input_chars, settings.synthesis.max_text_chars)
+        request = parse_speech_request(
+            {"text": body.input, "voice": voice, "speed": body.speed},
+            default_voice=catalog.default_voice,
+            max_chars=limit,
+        )
+        self.voice, self.text_chars = request.voice, len(request.text)
+        return request
+
+    def frame(self, chunk: bytes) -> bytes:
+        if not self._sse:
+            return chunk
+        return _event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode("ascii")})
+
+    def trailer(self, stream: EncodedStream) -> bytes:
+        if not self._sse:
+            return b""
+        # Piper has no tokens: usage counts the input's characters, and no output tokens.
+        chars = self.text_chars or 0
+        usage = {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}
+        return _event({"type": "speech.audio.done", "usage": usage})
+
+    def write_stream_headers(self, stream: EncodedStream) -> None:
+        super().write_stream_headers(stream)
+        if self._sse:
+            self.set_header("Content-Type", SSE)
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+class ModelsHandler(OpenAIErrors):
+    route = "/v1/models"
+
+    def get(self) -> None:
+        """OpenAI's model list: the TTS model names and every voice id (a voice id as model picks it)."""
+        created = int(self.services.lifecycle.started_at)
+        ids = [*MODELS, *(info.id for info in self.services.catalog.infos())]
+        self.write_json(
+            {
+                "object": "list",
+                "data": [{"id": i, "object": "model", "created": created, "owned_by": OWNER} for i in ids],
+            }
+        )
+
+
+class AudioModelsHandler(OpenAIErrors):
+    route = "/v1/audio/models"
+
+    def get(self) -> None:
+        """The speech models, in the shape Open WebUI reads for its model menu."""
+        self.write_json({"models": [{"id": model} for model in MODELS]})
+
+
+class AudioVoicesHandler(OpenAIErrors):
+    route = "/v1/audio/voices"
+
+    def get(self) -> None:
+        """Our voices, in the shape Open WebUI reads for its voice menu."""
+        infos = self.services.catalog.infos()
+        self.write_json({"voices": [{"id": i.id, "name": i.id, "language": i.language} for i in infos]})
+
+
+class NotFoundHandler(OpenAIErrors):
+    """Any other /v1 path: a 404 in OpenAI's shape."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise NotFound("no such route")
+
+
+ROUTES: Final = [
+    (r"/v1/audio/speech", OpenAISpeechHandler),
+    (r"/v1/models", ModelsHandler),
+    (r"/v1/audio/models", AudioModelsHandler),
+    (r"/v1/audio/voices", AudioVoicesHandler),
+    (r"/v1/.*", NotFoundHandler),
+]
