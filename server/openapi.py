@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from server.audio.formats import FORMATS
 from server.errors import TTSError
+from server.openai.schemas import AudioModels, AudioVoices, ErrorBody, ModelList, SpeechBody
 from server.request import MAX_SPEED, MIN_SPEED, SPEED_PRESETS
 from server.settings import Settings
 
@@ -608,6 +609,82 @@ def openapi_document(settings: Settings, voices: list[str] | None = None) -> dic
         },
         "servers": [{"url": settings.server.public_url.rstrip("/") or "/"}],
         "tags": [{"name": "admin", "description": "Needs X-API-Key; 404 when no keys are configured"}],
-        "paths": _paths(settings),
-        "components": _components(settings, list(voices or [])),
+        "paths": {**_paths(settings), **_openai_paths()},
+        "components": _with_openai_schemas(_components(settings, list(voices or []))),
+    }
+
+
+_OPENAI_MODELS: Final = {
+    "OpenAISpeech": SpeechBody,
+    "OpenAIModelList": ModelList,
+    "OpenAIAudioModels": AudioModels,
+    "OpenAIAudioVoices": AudioVoices,
+    "OpenAIError": ErrorBody,
+}
+
+
+def _with_openai_schemas(components: Schema) -> Schema:
+    """Add the OpenAI dialect's schemas, generated from its pydantic models."""
+    schemas = components["schemas"]
+    for name, model in _OPENAI_MODELS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    return components
+
+
+def _openai_paths() -> Schema:
+    retry_after = _integer_header("Seconds to wait before retrying", required=True)
+
+    def error(description: str, headers: dict[str, Schema] | None = None) -> Schema:
+        return _response(description, "application/json", _ref("OpenAIError"), headers)
+
+    limited = {**RATE_LIMIT_HEADERS}
+    stream_headers = {
+        "X-Audio-Sample-Rate": _integer_header("Samples per second", True),
+        "X-Audio-Channels": _integer_header("Always 1 (mono)", True),
+        "X-Audio-Format": _string_header("Sample format of audio/pcm", enum=["s16le"]),
+        "X-Audio-Hash": _string_header("The audio's hash (its /audio URL once stored)", True),
+        "X-Cache": _string_header("Tier that had it, or miss", True, enum=["l1", "l2", "disk", "miss"]),
+        **RATE_LIMIT_HEADERS,
+    }
+    binary = {"type": "string", "format": "binary"}
+    audio = {**_audio_content(binary), "text/event-stream": {"schema": {"type": "string"}}}
+
+    def listing(summary: str, operation_id: str, schema: str) -> Schema:
+        return {
+            "get": {
+                "summary": summary,
+                "operationId": operation_id,
+                "tags": ["openai"],
+                "responses": {"200": _json(summary, _ref(schema))},
+            }
+        }
+
+    return {
+        "/v1/audio/speech": {
+            "post": {
+                "summary": "OpenAI-compatible speech: the encoded audio, streamed, or SSE events",
+                "operationId": "openaiSpeech",
+                "tags": ["openai"],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("OpenAISpeech")}},
+                },
+                "responses": {
+                    "200": {**_response("The audio, streamed", headers=stream_headers), "content": audio},
+                    "400": error("A bad field (param names it), unknown model or voice", limited),
+                    "401": error(
+                        "Public API keys are on and none was sent (Authorization: Bearer or X-API-Key)",
+                        {"WWW-Authenticate": _string_header("How to authenticate", True)},
+                    ),
+                    "413": error("Input or body too long", limited),
+                    "429": error("Rate limited", {"Retry-After": retry_after, **limited}),
+                    "503": error("Busy or not ready", {"Retry-After": retry_after, **limited}),
+                },
+            }
+        },
+        "/v1/models": listing("OpenAI's model list", "openaiModels", "OpenAIModelList"),
+        "/v1/audio/models": listing("The speech models", "openaiAudioModels", "OpenAIAudioModels"),
+        "/v1/audio/voices": listing("The voices", "openaiAudioVoices", "OpenAIAudioVoices"),
     }

@@ -44,6 +44,10 @@ OPERATIONS = [
     "POST /admin/purge",
     "GET /admin/runtime",
     "GET /admin/config",
+    "POST /v1/audio/speech",
+    "GET /v1/models",
+    "GET /v1/audio/models",
+    "GET /v1/audio/voices",
 ]
 # Beyond schemathesis's defaults for schema-valid requests: whether a text is speakable (not only
 # punctuation, not empty once control characters go) is beyond JSON Schema, so it may still get

@@ -17,7 +17,16 @@ from server.audio.formats import FORMATS, PCM, Rendition
 from server.errors import NotFound
 from server.handlers.base import BaseHandler
 from server.handlers.stream import StreamingHandler
-from server.openai.schemas import SpeechBody, parse_speech_body
+from server.openai.schemas import (
+    AudioModel,
+    AudioModels,
+    AudioVoice,
+    AudioVoices,
+    Model,
+    ModelList,
+    SpeechBody,
+    parse_speech_body,
+)
 from server.openai.voices import MODELS, resolve_voice
 from server.renditions import EncodedStream
 from server.request import SpeechRequest, parse_speech_request
@@ -105,12 +114,8 @@ class ModelsHandler(OpenAIErrors):
         """OpenAI's model list: the TTS model names and every voice id (a voice id as model picks it)."""
         created = int(self.services.lifecycle.started_at)
         ids = [*MODELS, *(info.id for info in self.services.catalog.infos())]
-        self.write_json(
-            {
-                "object": "list",
-                "data": [{"id": i, "object": "model", "created": created, "owned_by": OWNER} for i in ids],
-            }
-        )
+        models = ModelList(data=[Model(id=i, created=created, owned_by=OWNER) for i in ids])
+        self.write_json(models.model_dump())
 
 
 class AudioModelsHandler(OpenAIErrors):
@@ -118,7 +123,7 @@ class AudioModelsHandler(OpenAIErrors):
 
     def get(self) -> None:
         """The speech models, in the shape Open WebUI reads for its model menu."""
-        self.write_json({"models": [{"id": model} for model in MODELS]})
+        self.write_json(AudioModels(models=[AudioModel(id=model) for model in MODELS]).model_dump())
 
 
 class AudioVoicesHandler(OpenAIErrors):
@@ -126,8 +131,8 @@ class AudioVoicesHandler(OpenAIErrors):
 
     def get(self) -> None:
         """Our voices, in the shape Open WebUI reads for its voice menu."""
-        infos = self.services.catalog.infos()
-        self.write_json({"voices": [{"id": i.id, "name": i.id, "language": i.language} for i in infos]})
+        voices = [AudioVoice(id=i.id, name=i.id, language=i.language) for i in self.services.catalog.infos()]
+        self.write_json(AudioVoices(voices=voices).model_dump())
 
 
 class NotFoundHandler(OpenAIErrors):

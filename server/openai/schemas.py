@@ -54,3 +54,52 @@ def parse_speech_body(raw: Mapping[str, Any]) -> SpeechBody:
         param = ".".join(str(part) for part in first["loc"]) or None
         field = param.split(".")[0] if param else "body"
         raise InvalidRequest(f"{field}: {first['msg']}", param=field if param else None) from None
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models`, OpenAI's list shape."""
+
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class AudioModel(BaseModel):
+    id: str
+
+
+class AudioModels(BaseModel):
+    """`GET /v1/audio/models`, the shape Open WebUI reads."""
+
+    models: list[AudioModel]
+
+
+class AudioVoice(BaseModel):
+    id: str
+    name: str
+    language: str
+
+
+class AudioVoices(BaseModel):
+    """`GET /v1/audio/voices`, the shape Open WebUI reads."""
+
+    voices: list[AudioVoice]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """Every error on /v1: OpenAI's shape."""
+
+    error: ErrorDetail
