@@ -187,3 +187,19 @@ def test_download_button_offers_the_wav_that_tts_stored(server, page, console_er
     assert download.suggested_filename == f"speech-{key[:12]}.wav"
     assert Path(download.path()).read_bytes() == server.get(f"/audio/{key}.wav").body
     assert console_errors == []
+
+
+@pytest.mark.browser
+def test_download_offers_every_format_and_saves_the_chosen_one(server, page, console_errors):
+    options = page.eval_on_selector_all("#download-format option", "os => os.map(o => o.value)")
+    assert options == ["wav", "mp3", "opus", "aac", "flac", "pcm"]
+    text = unique_text("Download an mp3")
+    page.fill("#text", text)
+    page.select_option("#download-format", "mp3")
+    with page.expect_download(timeout=STREAM_TIMEOUT_MS) as started:
+        page.click("#download")
+    download = started.value
+    key = server.get("/tts?" + query(text=text)).json()["hash"]
+    assert download.suggested_filename == f"speech-{key[:12]}.mp3"
+    assert Path(download.path()).read_bytes() == server.get(f"/audio/{key}.mp3").body
+    assert console_errors == []
