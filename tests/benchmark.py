@@ -426,6 +426,30 @@ class Client:
         figures = _stream_figures(started, arrivals, rate)
         return StreamResult(total_s=total, cache=response.headers.get("X-Cache", ""), **figures)
 
+    async def first_byte(self, path: str, body: dict[str, Any] | None = None) -> tuple[float, int, int]:
+        """(first byte s, body bytes, X-Audio-Sample-Rate) of a streamed GET, or a POST of JSON."""
+        arrivals: list[float] = []
+        size = 0
+
+        def on_data(data: bytes) -> None:
+            nonlocal size
+            if data:
+                arrivals.append(time.perf_counter())
+                size += len(data)
+
+        started = time.perf_counter()
+        response = await self._http.fetch(
+            f"{self.base}{path}",
+            method="POST" if body is not None else "GET",
+            body=json.dumps(body) if body is not None else None,
+            headers={"Content-Type": "application/json"} if body is not None else None,
+            streaming_callback=on_data,
+            request_timeout=300,
+        )
+        if not arrivals:
+            raise RuntimeError(f"{path} sent no bytes")
+        return arrivals[0] - started, size, int(response.headers.get("X-Audio-Sample-Rate", "0"))
+
     async def get(self, path: str) -> Any:
         return await self._http.fetch(f"{self.base}{path}", request_timeout=60)
 
@@ -436,6 +460,15 @@ class Client:
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
             if line.split(" ", 1)[0].split("{")[0] == name
+        )
+
+    async def labelled(self, name: str, label: str) -> float:
+        """Sum of a metric's samples whose labels contain `label` (e.g. 'format="mp3"')."""
+        text = (await self.get("/metrics")).body.decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.split(" ", 1)[0].split("{")[0] == name and label in line.split(" ", 1)[0]
         )
 
     async def inference_s(self) -> float:
@@ -624,6 +657,71 @@ async def measure_load(client: Client, port: int, texts: list[str]) -> dict[str,
     }
 
 
+FORMATS = ("mp3", "opus", "aac", "flac", "wav")
+
+
+async def measure_formats(client: Client, make_text: Callable[[], str], repeats: int) -> dict[str, Any]:
+    """Per format, on misses: first encoded byte of /tts/stream and /v1/audio/speech beside the
+    PCM stream's (alternating, each on a fresh paragraph), the encoders' share of inference time,
+    and the encoded bytes per second of audio."""
+    from tests.conftest import query
+
+    figures: dict[str, Any] = {"pcm_first_s": [], "formats": {}}
+    for name in FORMATS:
+        figures["formats"][name] = {"stream_first_s": [], "v1_first_s": [], "bytes_per_audio_s": []}
+    for _ in range(repeats):
+        text = make_text()
+        first, size, rate = await client.first_byte(f"/tts/stream?{query(text=text, format='pcm')}")
+        figures["pcm_first_s"].append(first)
+        audio_s = size / (rate * PCM_BYTES_PER_SAMPLE)
+        for name in FORMATS:
+            f = figures["formats"][name]
+            encode_before = await client.labelled("tts_encode_seconds_total", f'format="{name}"')
+            inference_before = await client.inference_s()
+            first, size, _ = await client.first_byte(f"/tts/stream?{query(text=make_text(), format=name)}")
+            f["stream_first_s"].append(first)
+            f["bytes_per_audio_s"].append(size / audio_s)
+            f.setdefault("encode_s", 0.0)
+            f.setdefault("inference_s", 0.0)
+            f["encode_s"] += (
+                await client.labelled("tts_encode_seconds_total", f'format="{name}"') - encode_before
+            )
+            f["inference_s"] += await client.inference_s() - inference_before
+            body = {"model": "tts-1", "voice": "alloy", "input": make_text(), "response_format": name}
+            first, _, _ = await client.first_byte("/v1/audio/speech", body)
+            f["v1_first_s"].append(first)
+    return figures
+
+
+def format_rows(m: dict[str, Any]) -> list[Row]:
+    pcm = median(m["pcm_first_s"])
+    rows = [Row("/tts/stream pcm miss: first byte", ms(pcm))]
+    for name, f in m["formats"].items():
+        stream, v1 = median(f["stream_first_s"]), median(f["v1_first_s"])
+        share = f["encode_s"] / f["inference_s"] if f["inference_s"] else 0.0
+        rows += [
+            Row(
+                f"/tts/stream {name} miss: first byte",
+                ms(stream),
+                f"{ms(pcm)} pcm",
+                stream / pcm,
+                "<= 1.1",
+                stream / pcm <= 1.1,
+            ),
+            Row(
+                f"/v1/audio/speech {name} miss: first byte",
+                ms(v1),
+                f"{ms(pcm)} pcm",
+                v1 / pcm,
+                "<= 1.1",
+                v1 / pcm <= 1.1,
+            ),
+            Row(f"{name}: encode time / inference time", f"{share:.1%}", "", None, "< 10%", share < 0.10),
+            Row(f"{name}: bytes per second of audio", f"{median(f['bytes_per_audio_s']) / 1000:.1f} kB/s"),
+        ]
+    return rows
+
+
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -798,6 +896,8 @@ def build_rows(report: dict[str, Any]) -> list[Row]:
     )
     rows += miss_rows("paragraph", report["misses"]["paragraph"]["summary"])
     rows += miss_rows("short sentence", report["misses"]["short"]["summary"])
+    if "formats" in report:
+        rows += format_rows(report["formats"])
     hits = report["hits"]
     bare = hits["bare tornado"]
     rows.append(
@@ -966,6 +1066,12 @@ async def run(args: argparse.Namespace) -> None:
                         "repeats": [asdict(r) for r in repeats],
                     }
                     log(f"misses, {kind}: {time.perf_counter() - started:.1f} s")
+
+            with watch.phase("formats"):
+                report["formats"] = await measure_formats(
+                    client, lambda: paragraph_text(0, nonces.take()), max(1, args.repeats // 2)
+                )
+            log(f"formats: {watch.phases['formats']['wall_s']:.1f} s")
 
             # Each load paragraph alone first, cut off after its first audio (with another nonce:
             # a stream dropped early caches nothing, but the load streams must be misses anyway).
