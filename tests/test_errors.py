@@ -10,6 +10,7 @@ from server.errors import Overloaded, TTSError
 EXPECTED = {
     errors.InvalidRequest: (400, "invalid_request"),
     errors.UnknownVoice: (400, "unknown_voice"),
+    errors.ModelNotFound: (400, "model_not_found"),
     errors.Unauthorized: (401, "unauthorized"),
     errors.NotFound: (404, "not_found"),
     errors.TextTooLong: (413, "text_too_long"),
