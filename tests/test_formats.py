@@ -9,6 +9,7 @@ cache must never synthesize a text twice or encode a rendition twice.
 from __future__ import annotations
 
 import io
+import time
 import wave
 
 import av
@@ -219,3 +220,24 @@ def test_a_completed_live_stream_is_stored_so_its_file_needs_no_encode(server: S
     encodes = server.metric("tts_encodes_total")
     assert tts(server, text, "aac")["hash"] == streamed.headers["x-audio-hash"]
     assert server.metric("tts_encodes_total") == encodes
+
+
+def test_leaving_an_encoded_stream_stops_synthesis_and_stores_nothing(make_server):
+    server = make_server({"TTS__SYNTHESIS__MAX_ACTIVE_REQUESTS": "1"})
+    count = 40
+    text = " ".join(f"Sentence number {n} of a long text." for n in range(count))
+    before = server.metric("tts_inferences_total")
+    streamed = read_stream(server, "/tts/stream?" + query(text=text, format="opus"), max_chunks=1)
+    assert streamed.status == 200
+    deadline = time.monotonic() + 30
+    settled = None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        ran = server.metric("tts_inferences_total") - before
+        if ran == settled and server.metric("tts_active_streams") == 0:
+            break
+        settled = ran
+    assert settled is not None and settled < count / 4
+    assert server.get(f"/audio/{streamed.headers['x-audio-hash']}.opus").status == 404
+    assert server.get("/tts?" + query(text=unique_text("Next"), format="mp3")).status == 200
+    assert "Traceback" not in server.logs()
