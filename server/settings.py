@@ -22,6 +22,12 @@ DEFAULT_CONFIG_PATH: Final = Path("config.yaml")
 MIB: Final = 1024 * 1024
 MIN_ADMIN_KEY_CHARS: Final = 16
 SECRET_FIELDS: Final = frozenset({"admin_api_keys"})
+# Keys that existed once, with what replaced them: a config that still sets one fails with a
+# line naming the replacement instead of a bare "unknown key".
+REPLACED: Final = {
+    "synthesis.first_chunk_max_phonemes": "synthesis.first_window_frames",
+    "synthesis.chunk_max_phonemes": "synthesis.max_sentence_phonemes",
+}
 
 
 class SettingsError(ValueError):
@@ -78,8 +84,12 @@ class SynthesisSettings:
     batch_max_padding: float = _opt(1.0, low=0, high=100)
     max_active_requests: int = _opt(16, low=1, high=10000)
     lookahead_chunks: int = _opt(2, low=1, high=64)
-    first_chunk_max_phonemes: int = _opt(60, low=8, high=10000)
-    chunk_max_phonemes: int = _opt(300, low=16, high=10000)
+    windowed: bool = _opt(True)
+    first_window_frames: int = _opt(16, low=4, high=4096)
+    window_frames: int = _opt(96, low=8, high=4096)
+    flow_margin_frames: int = _opt(0, low=0, high=512)
+    decoder_margin_frames: int = _opt(0, low=0, high=512)
+    max_sentence_phonemes: int = _opt(400, low=16, high=10000)
     sentence_silence_s: float = _opt(0.2, low=0, high=5)
     max_text_chars: int = _opt(5000, low=1, high=1_000_000)
     gain: float = _opt(1.0, low=0.01, high=10)
@@ -206,7 +216,10 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     for unknown in sorted(set(raw) - set(known)):
-        raise SettingsError(f"{name}.{unknown}", "unknown key")
+        key = f"{name}.{unknown}"
+        if key in REPLACED:
+            raise SettingsError(key, f"no longer supported; use {REPLACED[key]} instead")
+        raise SettingsError(key, "unknown key")
     values: dict[str, Any] = {}
     for fname, f in known.items():
         key = f"{name}.{fname}"

@@ -131,6 +131,21 @@ def test_unknown_key_in_file_is_rejected(tmp_path):
     assert (error.key, error.reason) == ("redis.urll", "unknown key")
 
 
+@pytest.mark.parametrize(
+    ("old", "replacement"),
+    [
+        ("first_chunk_max_phonemes", "synthesis.first_window_frames"),
+        ("chunk_max_phonemes", "synthesis.max_sentence_phonemes"),
+    ],
+)
+def test_a_replaced_clause_cut_setting_is_rejected_naming_its_replacement(tmp_path, old, replacement):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"synthesis:\n  {old}: 60\n", encoding="utf-8")
+    error = _error({}, path)
+    assert str(error) == f"config error: synthesis.{old}: no longer supported; use {replacement} instead"
+    assert _error({f"TTS__SYNTHESIS__{old.upper()}": "60"}).key == f"synthesis.{old}"
+
+
 def test_unknown_section_in_file_is_rejected(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("sever:\n  port: 1\n", encoding="utf-8")

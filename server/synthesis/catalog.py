@@ -16,7 +16,6 @@ from server.errors import UnknownVoice
 from server.settings import Settings
 from server.synthesis.voice import CUDA, RuntimeOptions, Voice, VoiceFiles
 
-WARMUP_TEXT = "Ready."
 # Batching pays on a GPU, which runs a batch's rows in parallel; on the CPU the padded rows
 # measured slower than the same chunks one by one, so `batch_max_size: 0` means this on CUDA only.
 AUTO_CUDA_BATCH = 32
@@ -25,13 +24,10 @@ AUTO_CUDA_BATCH = 32
 # changes the length, and padding leaking into a row changes it by tens of percent.
 BATCH_CHECK_TOLERANCE = 0.02
 # On CUDA, kernels (and cuDNN's algorithm choice) are picked per input shape on first use, so the
-# warm-up covers the lengths requests bring: a word, a first-chunk clause, a long sentence.
-CUDA_WARMUP_TEXTS = (
-    WARMUP_TEXT,
-    "The first chunk of a stream is a short clause, like this one,",
-    "A whole sentence of ordinary length follows the first chunk, and it carries on for a while, "
-    "through several clauses and some punctuation, until it reaches the length of a long sentence.",
-)
+# warm-up covers the lengths requests bring: a word, a clause, a long sentence (in phonemes of the
+# fixed warm-up sentence, which needs no phonemizer).
+CUDA_WARMUP_LENGTHS = (6, 40, None)
+WARMUP_LENGTHS = (6,)
 
 
 def bundled_voice() -> VoiceFiles | None:
@@ -94,6 +90,11 @@ class VoiceCatalog:
             cuda_mem_limit_bytes=synthesis.cuda_mem_limit_bytes,
             cudnn_conv_algo_search=synthesis.cudnn_conv_algo_search,
             cuda_copy_in_default_stream=synthesis.cuda_copy_in_default_stream,
+            windowed=synthesis.windowed,
+            first_window_frames=synthesis.first_window_frames,
+            window_frames=synthesis.window_frames,
+            flow_margin_frames=synthesis.flow_margin_frames,
+            decoder_margin_frames=synthesis.decoder_margin_frames,
         )
         files = discover(self._settings)
         for voice_files in files:
@@ -116,14 +117,12 @@ class VoiceCatalog:
 
     @staticmethod
     def _warm_up(voice: Voice) -> None:
-        texts = CUDA_WARMUP_TEXTS if voice.provider == CUDA else (WARMUP_TEXT,)
-        for text in texts:
-            for sentence in voice.phonemize(text):
-                voice.infer(voice.phoneme_ids(sentence), 1.0, voice.speaker_id(None))
+        for count in CUDA_WARMUP_LENGTHS if voice.provider == CUDA else WARMUP_LENGTHS:
+            voice.infer(voice.warmup_ids(count), 1.0, voice.speaker_id(None))
 
     def _batch_limit(self, voice: Voice) -> int:
         limit = self._settings.synthesis.batch_max_size or (AUTO_CUDA_BATCH if voice.provider == CUDA else 1)
-        if limit <= 1 or voice.lengths_output is None:
+        if limit <= 1 or not voice.batchable:
             return 1
         if not batch_matches_alone(voice):
             logger.warning("{}: batched rows differ from single runs, so batching is off", voice.voice_id)
@@ -153,7 +152,7 @@ class VoiceCatalog:
 
 def batch_matches_alone(voice: Voice) -> bool:
     """With the noise off, a batch of warm-up sentences must give each one's own audio, trimmed."""
-    rows = [voice.phoneme_ids(s) for text in CUDA_WARMUP_TEXTS[:2] for s in voice.phonemize(text)]
+    rows = [voice.warmup_ids(count) for count in CUDA_WARMUP_LENGTHS]
     speakers = [voice.speaker_id(None)] * len(rows)
     alone = [voice.infer_batch([row], 1.0, speakers[:1], noise_scale=0, noise_w=0)[0] for row in rows]
     batched = voice.infer_batch(rows, 1.0, speakers, noise_scale=0, noise_w=0)
