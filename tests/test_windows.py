@@ -7,6 +7,8 @@ to 400 phonemes. The stock graph here is a second voice loaded with `windowed=Fa
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import pytest
@@ -134,7 +136,7 @@ def test_windows_start_small_then_take_the_configured_size_without_a_sliver_at_t
     assert window_bounds(120, 16, 96) == [(0, 16), (16, 120)]
     bounds = window_bounds(1000, 12, 64)
     assert bounds[0] == (0, 12)
-    assert all(b[0] == a[1] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(b[0] == a[1] for a, b in itertools.pairwise(bounds))
     assert bounds[-1][1] == 1000
 
 
