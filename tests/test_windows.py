@@ -8,6 +8,10 @@ to 400 phonemes. The stock graph here is a second voice loaded with `windowed=Fa
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -17,6 +21,7 @@ from server.synthesis.catalog import bundled_voice
 from server.synthesis.graph import find_cuts
 from server.synthesis.voice import WARMUP_PHONEMES, RuntimeOptions, Voice
 from server.synthesis.windows import WINDOW_TOLERANCE, Window, find_margins, window_bounds, windowed
+from tests.conftest import ROOT, query, unique_text
 
 FIRST, SIZE = 16, 96
 TEXT = (
@@ -155,3 +160,52 @@ def test_the_warm_up_sentence_maps_without_a_phonemizer(voices):
     ids = voice.warmup_ids()
     assert voice.unknown_phonemes == before
     assert len(ids) == 2 * len(WARMUP_PHONEMES) + 3
+
+
+def test_the_engine_loads_checks_and_synthesizes_without_piper_phonemize():
+    # The GPU check machine has no piper_phonemize wheel: warm-up, the batch check and the margin
+    # search must run from the fixed phoneme sequence alone.
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.startswith('piper_phonemize'):\n"
+        "            raise ImportError('blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from server.synthesis.catalog import batch_matches_alone, bundled_voice\n"
+        "from server.synthesis.scheduler import Scheduler\n"
+        "from server.synthesis.voice import RuntimeOptions, Voice\n"
+        "voice = Voice.load(bundled_voice(), RuntimeOptions(provider='cpu'))\n"
+        "assert voice.windows is not None and batch_matches_alone(voice)\n"
+        "print(voice.infer(voice.warmup_ids(), 1.0, None).size > 0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"
+
+
+def test_a_voice_configs_length_scale_is_multiplied_by_the_requests_speed(make_server, tmp_path):
+    # With the noise off the audio depends only on the ids and the product of the two scales: a
+    # voice slowed to 2.0 by its config at normal speed is the same voice at speed 0.5.
+    files = bundled_voice()
+    assert files is not None
+    models = tmp_path / "models"
+    models.mkdir()
+    config = json.loads(files.config.read_text(encoding="utf-8"))
+    for name, length_scale in (("joe-still", 1.0), ("joe-slow", 2.0)):
+        os.symlink(files.model, models / f"{name}.onnx")
+        config["inference"].update(noise_scale=0.0, noise_w=0.0, length_scale=length_scale)
+        (models / f"{name}.onnx.json").write_text(json.dumps(config), encoding="utf-8")
+    server = make_server({"TTS__SYNTHESIS__MODELS_DIR": str(models)})
+    text = unique_text("Slowly")
+
+    def wav(**fields: str) -> bytes:
+        meta = server.get("/tts?" + query(text=text, **fields), timeout=120).json()
+        return server.get(f"/audio/{meta['hash']}.wav").body
+
+    normal = wav(voice="joe-still")
+    slow = wav(voice="joe-slow")
+    assert len(slow) > 1.6 * len(normal)
+    assert slow == wav(voice="joe-still", speed="0.5")
