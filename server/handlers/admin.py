@@ -6,7 +6,6 @@ Off (404) unless admin keys are configured; every call needs a valid `X-API-Key`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,11 +22,7 @@ MASK = "****"
 
 def masked_settings(settings: Settings) -> dict[str, Any]:
     """The effective configuration with secrets (admin keys, passwords in URLs) masked."""
-    config = {
-        f.name: dataclasses.asdict(getattr(settings, f.name))
-        for f in dataclasses.fields(settings)
-        if f.name not in SECRET_FIELDS
-    }
+    config = settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
     url = config["redis"]["url"]
     if url:
         parts = urlsplit(url)
