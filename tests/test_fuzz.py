@@ -31,6 +31,7 @@ OPERATIONS = [
     "GET /tts",
     "POST /tts",
     "GET /tts/stream",
+    "POST /tts/stream",
     "GET /audio/{hash}.wav",
     "HEAD /audio/{hash}.wav",
     "GET /voices",

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from server.handlers.base import BaseHandler
-from server.openapi import openapi_document
+from server.openapi import Reply, openapi_document, operation
 
 
 class OpenAPIHandler(BaseHandler):
     route = "/openapi.json"
 
+    @operation(
+        operation_id="openapi", replies={200: Reply("OpenAPI 3.1", {"application/json": {"type": "object"}})}
+    )
     def get(self) -> None:
-        """The document, with this server's limits and loaded voices."""
+        """This document, with this server's limits and loaded voices."""
         voices = [info.id for info in self.services.catalog.infos()]
-        self.write_json(openapi_document(self.services.settings, voices))
+        rules = self.application.wildcard_router.rules
+        self.write_json(openapi_document(rules, self.services.settings, voices))
