@@ -313,3 +313,34 @@ def openapi_document(
         },
     }
     return _resolved(document)  # type: ignore[no-any-return]
+
+
+def _as_30(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_as_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _as_30(value) for key, value in node.items() if key != "const"}
+    if "const" in node:
+        converted["enum"] = [node["const"]]
+    options = converted.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        del converted["anyOf"]
+        converted.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
+        converted["nullable"] = True
+    if "$ref" in converted and len(converted) > 1:
+        # 3.0 ignores a $ref's siblings; keep them by wrapping the reference.
+        converted = {"allOf": [{"$ref": converted.pop("$ref")}], **converted}
+    return converted
+
+
+def openapi_30(document: dict[str, Any]) -> dict[str, Any]:
+    """The same document in OpenAPI 3.0 terms, for viewers that read no 3.1 (Swagger UI 4).
+
+    What this API's schemas use of 3.1 has a 3.0 spelling: `const` is a one-value `enum`, a
+    `{"type": "null"}` alternative is `nullable`. /openapi.json stays the 3.1 original.
+    """
+    converted: dict[str, Any] = _as_30(document)
+    converted["openapi"] = "3.0.3"
+    return converted

@@ -102,9 +102,14 @@ def doc(server: ServerProcess) -> dict[str, Any]:
     return cast(dict[str, Any], resp.json())
 
 
+# The name each route's path parameter has in the document; every other one is a hash.
+PATH_PARAMETERS = {"/docs/assets/([^/]+)$": "{name}"}
+
+
 def openapi_path(pattern: str) -> str:
     """A route's regex as the document writes it: `/audio/([^/]*)\\.wav` is `/audio/{hash}.wav`."""
-    return re.sub(r"\([^)]*\)", "{hash}", pattern.removesuffix("$")).replace("\\.", ".")
+    name = PATH_PARAMETERS.get(pattern, "{hash}")
+    return re.sub(r"\([^)]*\)", name, pattern.removesuffix("$")).replace("\\.", ".")
 
 
 def implemented_methods(handler: type[tornado.web.RequestHandler]) -> set[str]:
