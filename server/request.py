@@ -56,7 +56,7 @@ def speech_request(fields: SpeechFields, *, default_voice: str, max_chars: int) 
         raise InvalidRequest("text is empty", param="text")
     if len(text) > max_chars:
         raise TextTooLong(f"text is {len(text)} characters; the limit is {max_chars}", param="text")
-    label, scale = length_scale(fields.speed)  # type: ignore[arg-type]
+    label, scale = length_scale(fields.speed)
     return SpeechRequest(
         text=text,
         voice=fields.voice or default_voice,

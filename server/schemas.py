@@ -198,7 +198,9 @@ class Readiness(Model):
     voices: list[str]
     providers: dict[str, str] = Field(description="The execution provider each voice's session got")
     redis: Literal["ok", "degraded", "disabled"]
-    problem: str | SkipJsonSchema[None] = Field(None, description="Why the server is unready")
+    problem: str | SkipJsonSchema[None] = Field(
+        None, description="Why the server is unready", exclude_if=lambda value: value is None
+    )
 
 
 class StorageStats(Model):
@@ -295,6 +297,26 @@ def server_schemas(max_text_chars: int, voices: list[str]) -> dict[str, dict[str
     }
 
 
+def native_error(error: TTSError) -> Error:
+    """Our error as the native routes write it."""
+    return Error(error=ErrorDetail(code=error.code, message=error.message))
+
+
+def openai_error(error: TTSError) -> OpenAIError:
+    """Our error in OpenAI's shape: its `type` from the status, our code and field as `code` and `param`."""
+    if error.status == 401:
+        kind = "authentication_error"
+    elif error.status == 429:
+        kind = "rate_limit_error"
+    elif error.status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    return OpenAIError(
+        error=OpenAIErrorDetail(message=error.message, type=kind, param=error.param, code=error.code)
+    )
+
+
 # -- validation ------------------------------------------------------------------------------------
 
 M = TypeVar("M", bound=BaseModel)
@@ -347,5 +369,5 @@ def validate_purge(body: Mapping[str, Any]) -> PurgeOne | PurgeAll:
 
 
 def dump(model: BaseModel) -> dict[str, Any]:
-    """A response model as the JSON object written (unset optional keys left out)."""
-    return model.model_dump(mode="json", exclude_none=True)
+    """A response model as the JSON object written."""
+    return model.model_dump(mode="json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, Overloaded, RateLimited, TextTooLong, Unauthorized
 from server.schemas import (
     AudioFormat,
     Error,
@@ -17,6 +17,8 @@ from server.schemas import (
     TTSFields,
     dump,
     error_codes,
+    native_error,
+    openai_error,
     validate,
     validate_purge,
 )
@@ -121,3 +123,44 @@ def test_error_codes_include_every_error_class_and_the_frameworks():
         codes
     )
     assert codes == sorted(set(codes))
+
+
+def test_a_validation_error_in_the_native_shape_names_no_field():
+    error = refusal(TTSFields, text="Hi.", speed="warp")
+    assert dump(native_error(error)) == {
+        "error": {
+            "code": "invalid_request",
+            "message": (
+                "speed must be a number from 0.25 to 4.0 or one of very_slow, slow, normal, fast, very_fast"
+            ),
+        }
+    }
+
+
+def test_a_validation_error_in_openais_shape_names_the_field_as_param():
+    error = refusal(TTSFields, text="Hi.", format="ogg")
+    assert dump(openai_error(error)) == {
+        "error": {
+            "message": "format must be one of wav, pcm, mp3, opus, aac or flac",
+            "type": "invalid_request_error",
+            "param": "format",
+            "code": "invalid_request",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (TextTooLong("long", param="text"), "invalid_request_error"),
+        (Unauthorized("key"), "authentication_error"),
+        (RateLimited("slow down", retry_after_s=1), "rate_limit_error"),
+        (Overloaded("busy", retry_after_s=1), "server_error"),
+    ],
+)
+def test_openais_error_type_follows_the_status(error, kind):
+    body = dump(openai_error(error))
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == kind
+    assert body["error"]["code"] == error.code
+    assert body["error"]["param"] == error.param

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import swagger_ui_bundle
+import tornado.web
 
 from server.errors import NotFound
 from server.handlers.base import BaseHandler
 from server.openapi import Header, Reply, openapi_30, openapi_document, operation
+from server.settings import Settings
 
 STATIC: Final = Path(__file__).resolve().parent.parent / "static"
 SWAGGER: Final = Path(str(swagger_ui_bundle.swagger_ui_path))
@@ -60,9 +62,16 @@ class OpenAPIHandler(BaseHandler):
         self.write_json(self.document())
 
     def document(self) -> dict[str, Any]:
-        voices = [info.id for info in self.services.catalog.infos()]
-        rules = self.application.wildcard_router.rules
-        return openapi_document(rules, self.services.settings, voices)
+        voices = tuple(info.id for info in self.services.catalog.infos())
+        return cached_document(self.application, self.services.settings, voices)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_document(
+    app: tornado.web.Application, settings: Settings, voices: tuple[str, ...]
+) -> dict[str, Any]:
+    """Made once per app, settings and loaded voices: pydantic's schema writing takes some 20 ms."""
+    return openapi_document(app.wildcard_router.rules, settings, voices)
 
 
 class OpenAPI30Handler(OpenAPIHandler):
