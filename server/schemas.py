@@ -110,11 +110,18 @@ Speed = Annotated[
     WithJsonSchema({"anyOf": [component("SpeedPreset"), component("SpeedRate"), {"type": "null"}]}),
 ]
 Text = Annotated[str, WithJsonSchema(component("Text"))]
-Voice = Annotated[str | None, BeforeValidator(_name), WithJsonSchema(component("Voice"))]
+Voice = Annotated[
+    str | None, BeforeValidator(_name), WithJsonSchema({"anyOf": [component("Voice"), {"type": "null"}]})
+]
 Speaker = Annotated[
     str | None,
     BeforeValidator(_name),
-    WithJsonSchema({"type": "string", "description": "Speaker name or number, for multi-speaker voices"}),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "description": "Speaker name or number, for multi-speaker voices",
+        }
+    ),
 ]
 Hash = Annotated[str, Field(pattern=HASH_PATTERN, description="The audio's hash, as /tts returned it")]
 
