@@ -69,7 +69,12 @@ StrList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
 
 
 class Section(BaseModel):
-    """One `config.yaml` section: frozen, unknown keys rejected, an empty value means the default."""
+    """One `config.yaml` section: frozen, unknown keys rejected, an empty value means the default.
+
+    A key is a typed field: `port: int = Field(8888, ge=1, le=65535)` for a bounded number (what
+    `_opt(8888, low=1, high=65535)` was), `Literal["a", "b"]` for choices, `StrList` for a list;
+    a rule beyond those is a `field_validator` raising `ValueError(reason)`.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -320,6 +320,20 @@ def test_server_exits_with_one_line_naming_the_bad_key():
     assert result.stderr == "config error: server.port: expected an integer, got 'abc'\n"
 
 
+def test_server_exits_naming_the_line_of_a_broken_config_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("server:\n  port: 1\n   host: x\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTS")}
+    env["TTS_CONFIG"] = str(broken)
+    result = subprocess.run(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"config error: {broken}: not valid YAML: line 3, column 8: mapping values are not allowed here\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("cores", "workers"),
     [(1, 1), (2, 1), (3, 1), (8, 4), (16, 8), (64, 32)],
