@@ -16,6 +16,7 @@ from loguru import logger
 from server.auth import KeyRing
 from server.clients import client_address
 from server.errors import BodyTooLarge, InvalidRequest, NotFound, RateLimited, TTSError
+from server.schemas import Error, ErrorDetail, dump
 from server.services import Services
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -210,7 +211,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False))
+        body = Error(error=ErrorDetail(code=code, message=message))
+        self.finish(json.dumps(dump(body), ensure_ascii=False))
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
