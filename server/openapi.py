@@ -146,6 +146,7 @@ def _components(settings: Settings, voices: list[str]) -> Schema:
                 "speed",
                 "voice",
                 "audio_url",
+                "audio_path",
                 "duration_s",
                 "sample_rate",
                 "cache",
@@ -156,10 +157,19 @@ def _components(settings: Settings, voices: list[str]) -> Schema:
                 "text": {"type": "string", "description": "The normalized text that was spoken"},
                 "speed": {"anyOf": [{"type": "string", "enum": list(SPEED_PRESETS)}, _ref("SpeedRate")]},
                 "voice": {"type": "string"},
-                "audio_url": {"type": "string", "description": "Absolute URL of the WAV"},
+                "audio_url": {
+                    "type": "string",
+                    "description": "Absolute URL of the WAV: here, or in the object store",
+                },
+                "audio_path": {"type": "string", "description": "The same WAV on this server, relative"},
+                "expires_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "When a presigned audio_url stops working (only with s3.presign_s)",
+                },
                 "duration_s": {"type": "number", "minimum": 0},
                 "sample_rate": {"type": "integer", "minimum": 1},
-                "cache": {"type": "string", "enum": ["l1", "l2", "disk", "miss"]},
+                "cache": {"type": "string", "enum": ["l1", "l2", "disk", "s3", "miss"]},
             },
         },
         "Voices": {
@@ -187,13 +197,15 @@ def _components(settings: Settings, voices: list[str]) -> Schema:
         },
         "Readiness": {
             "type": "object",
-            "required": ["status", "voices", "providers", "redis"],
+            "required": ["status", "voices", "providers", "redis", "store"],
             "additionalProperties": False,
             "properties": {
                 "status": {"type": "string", "enum": ["ready", "loading", "unready", "draining"]},
                 "voices": {"type": "array", "items": {"type": "string"}},
                 "providers": {"type": "object", "additionalProperties": {"type": "string"}},
                 "redis": {"type": "string", "enum": ["ok", "degraded", "disabled"]},
+                "store": {"type": "string", "enum": ["ok", "degraded", "disabled"]},
+                "degraded": {"type": "array", "items": {"type": "string", "enum": ["redis", "store"]}},
                 "problem": {"type": "string"},
             },
         },
@@ -280,7 +292,7 @@ def _audio_operation(summary: str, with_body: bool) -> Schema:
         "ETag": _string_header("Strong validator of these bytes", True),
         "Accept-Ranges": _string_header("Single byte ranges are supported", True, enum=["bytes"]),
         "Cache-Control": _string_header("Public and immutable for the storage TTL", True),
-        "X-Cache": _string_header("Tier that had it", True, enum=["l1", "l2", "disk"]),
+        "X-Cache": _string_header("Tier that had it", True, enum=["l1", "l2", "disk", "s3"]),
         **RATE_LIMIT_HEADERS,
     }
     length = {"Content-Length": _integer_header("Bytes in the (partial) body", True)}
@@ -320,7 +332,7 @@ def _paths(settings: Settings) -> Schema:
         "X-Audio-Channels": _integer_header("Always 1 (mono)", True),
         "X-Audio-Format": _string_header("Sample format of audio/pcm", enum=["s16le"]),
         "X-Audio-Hash": _string_header("The audio's hash (its /audio URL once stored)", True),
-        "X-Cache": _string_header("Tier that had it, or miss", True, enum=["l1", "l2", "disk", "miss"]),
+        "X-Cache": _string_header("Tier that had it, or miss", True, enum=["l1", "l2", "disk", "s3", "miss"]),
         **RATE_LIMIT_HEADERS,
     }
     pcm = {"type": "string", "format": "binary"}

@@ -47,7 +47,9 @@ def _opt(
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = _opt("0.0.0.0")
+    # Loopback by default: a quick start on a laptop must not publish an open server; the image,
+    # compose and Kubernetes set 0.0.0.0 explicitly.
+    host: str = _opt("127.0.0.1")
     port: int = _opt(8888, low=1, high=65535)
     public_url: str = _opt("")
     workers: int = _opt(0, low=0, high=256)
@@ -58,6 +60,9 @@ class ServerSettings:
     body_timeout_s: float = _opt(10.0, low=1, high=600)
     cors_origins: tuple[str, ...] = _opt(())
     trusted_proxies: tuple[str, ...] = _opt(())
+    # Hosts whose name may appear in an audio_url built from the request's Host; empty: the loopback
+    # names and this machine's own names. Ignored when public_url is set.
+    allowed_hosts: tuple[str, ...] = _opt(())
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class RedisSettings:
     breaker_failures: int = _opt(3, low=1, high=1000)
     breaker_reset_s: float = _opt(5.0, low=0.1, high=3600)
     lock_ttl_s: float = _opt(30.0, low=0.5, high=3600)
+    probe_interval_s: float = _opt(2.0, low=0.1, high=3600)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,22 @@ class StorageSettings:
     dir: str = _opt("var/audio")
     ttl_s: int = _opt(7 * 86400, low=1, high=10 * 365 * 86400)
     cleanup_interval_s: float = _opt(600.0, low=0.1, high=86400)
+    backend: str = _opt("disk", choices=("disk", "s3"))
+    journal_max_entries: int = _opt(10000, low=1, high=10_000_000)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """`storage.backend: s3`: the object store. Credentials come only from the AWS chain."""
+
+    bucket: str = _opt("")
+    prefix: str = _opt("audio/")
+    endpoint_url: str = _opt("")
+    region: str = _opt("")
+    public_base_url: str = _opt("")
+    presign_s: int = _opt(0, low=0, high=7 * 86400)  # S3's own limit for presigned URLs
+    timeout_s: float = _opt(2.0, low=0.1, high=60)
+    refresh_interval_s: float = _opt(86400.0, low=1, high=365 * 86400)
 
 
 @dataclass(frozen=True)
@@ -113,8 +135,10 @@ class CacheSettings:
 @dataclass(frozen=True)
 class LimitSettings:
     enabled: bool = _opt(True)
-    synthesis_per_minute: float = _opt(30.0, low=0.1, high=1_000_000)
-    synthesis_burst: int = _opt(15, low=1, high=1_000_000)
+    # Synthesis tokens: a new text costs one per started synthesis_unit_chars characters.
+    synthesis_per_minute: float = _opt(60.0, low=0.1, high=1_000_000)
+    synthesis_burst: int = _opt(60, low=1, high=1_000_000)
+    synthesis_unit_chars: int = _opt(200, low=1, high=1_000_000)
     requests_per_minute: float = _opt(1200.0, low=1, high=10_000_000)
     requests_burst: int = _opt(200, low=1, high=10_000_000)
     streams_per_client: int = _opt(4, low=1, high=10000)
@@ -132,6 +156,7 @@ class Settings:
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -289,6 +314,14 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
             raise SettingsError("server.trusted_proxies", f"not an address or network: {proxy!r}") from None
     if settings.server.public_url and not settings.server.public_url.startswith(("http://", "https://")):
         raise SettingsError("server.public_url", "must start with http:// or https://")
+    if settings.storage.backend == "s3" and not settings.s3.bucket:
+        raise SettingsError("s3.bucket", "required when storage.backend is s3")
+    for key in ("endpoint_url", "public_base_url"):
+        value = getattr(settings.s3, key)
+        if value and not value.startswith(("http://", "https://")):
+            raise SettingsError(f"s3.{key}", "must start with http:// or https://")
+    if settings.s3.public_base_url and settings.s3.presign_s:
+        raise SettingsError("s3.presign_s", "set either s3.public_base_url or s3.presign_s, not both")
     return settings
 
 

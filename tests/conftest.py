@@ -156,6 +156,8 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True) -> ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A models_dir that does not exist stops the server; the default one is empty.
+        Path(self.env["TTS__SYNTHESIS__MODELS_DIR"]).mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TTS")}
         env.update(self.env)
         env["TTS_CONFIG"] = env.get("TTS_CONFIG", str(ROOT / "config.yaml"))

@@ -23,10 +23,10 @@ class ReadyHandler(BaseHandler):
         catalog = services.catalog
         if services.lifecycle.draining:
             status = "draining"
-        elif catalog.ready:
+        elif catalog.ready and services.ready:
             status = "ready"
-        elif catalog.problem:
-            status = "unready"
+        elif catalog.problem or catalog.ready:
+            status = "unready"  # voices ready, but the object store has not answered yet
         else:
             status = "loading"
         body = {
@@ -34,7 +34,11 @@ class ReadyHandler(BaseHandler):
             "voices": [info.id for info in catalog.infos()],
             "providers": {info.id: info.provider for info in catalog.infos()},
             "redis": services.cache.redis.state,
+            "store": services.cache.store.state if services.cache.store is not None else "disabled",
         }
+        degraded = [tier for tier in ("redis", "store") if body[tier] == "degraded"]
+        if degraded:
+            body["degraded"] = degraded  # serving, but a shared tier is out: URLs may be local only
         if catalog.problem:
             body["problem"] = catalog.problem
         self.write_json(body, 200 if services.ready else 503)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from server.clients import request_origin
+from server.errors import InvalidRequest
 from server.handlers.base import BaseHandler
 from server.ratelimit import REQUESTS
 from server.request import SpeechRequest, parse_speech_request
@@ -26,10 +28,23 @@ class SpeechHandler(BaseHandler):
         return request
 
     def base_url(self) -> str:
+        """public_url, else the request's own origin when its host is one we serve."""
         public = self.services.settings.server.public_url
         if public:
             return public.rstrip("/")
-        return f"{self.request.protocol}://{self.request.host}"
+        headers = self.request.headers
+        origin = request_origin(
+            protocol=self.request.protocol,
+            host=self.request.host,
+            peer=self.request.remote_ip or "",
+            forwarded_proto=headers.get("X-Forwarded-Proto"),
+            forwarded_host=headers.get("X-Forwarded-Host"),
+            trusted=self.services.trusted_proxies,
+            allowed=self.services.allowed_hosts,
+        )
+        if origin is None:
+            raise InvalidRequest("unknown Host: set server.public_url or add it to server.allowed_hosts")
+        return origin
 
 
 class TTSHandler(SpeechHandler):
@@ -44,15 +59,18 @@ class TTSHandler(SpeechHandler):
         await self._respond(self.speech_request(self.json_fields()))
 
     async def _respond(self, request: SpeechRequest) -> None:
+        base = self.base_url()  # before any work: a request we cannot answer costs nothing
         audio = await self.services.speech.synthesize(request, self.client_id)
         self.cache_tier = audio.tier
+        path = f"/audio/{audio.key}.wav"
         self.write_json(
             {
                 "hash": audio.key,
                 "text": request.text,
                 "speed": request.speed,
                 "voice": request.voice,
-                "audio_url": f"{self.base_url()}/audio/{audio.key}.wav",
+                "audio_url": f"{base}{path}",
+                "audio_path": path,
                 "duration_s": round(audio.duration_s, 3),
                 "sample_rate": audio.sample_rate,
                 "cache": audio.tier,

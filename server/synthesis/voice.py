@@ -22,6 +22,7 @@ import onnxruntime as ort
 from loguru import logger
 from piper_phonemize import phonemize_codepoints, phonemize_espeak
 
+from server.synthesis.files import VoiceFiles
 from server.synthesis.graph import with_lengths_output
 
 BOS: Final = "^"
@@ -35,18 +36,6 @@ _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
 
 # espeak-ng keeps global state and is not thread-safe; every phonemize call goes through this.
 _ESPEAK_LOCK: Final = threading.Lock()
-
-
-@dataclass(frozen=True)
-class VoiceFiles:
-    """Where a voice lives on disk; its id is the model file's stem."""
-
-    model: Path
-    config: Path
-
-    @property
-    def voice_id(self) -> str:
-        return self.model.name.removesuffix(".onnx")
 
 
 @dataclass(frozen=True)
