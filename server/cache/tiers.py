@@ -10,6 +10,7 @@ it was unreachable, is listed in the journal and written as soon as it answers a
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -114,6 +115,15 @@ class TieredCache:
             return stored[STORE] or in_redis
         return in_redis or on_disk
 
+    async def direct_url(self, key: str) -> tuple[str, datetime.datetime | None] | None:
+        """A URL in the object store (public base or presigned) for clients to fetch directly.
+
+        None while the store is out: the entry may be only in Redis, and our own URL serves it.
+        """
+        if self.store is None or self.store.state != "ok":
+            return None
+        return await self.store.url(entry_name(key))
+
     async def replay(self) -> int:
         """Write journaled entries to the shared tiers that lacked them, if they answer now."""
         if self.journal is None:
@@ -148,22 +158,28 @@ class TieredCache:
         return written
 
     def keep_alive(self, key: str, wav: bytes) -> None:
-        """A URL was handed out again: restart its expiry in the shared tiers (at most once a minute)."""
-        if key in self._refreshed:
-            return
-        self._refreshed[key] = True
-        self._spawn(self._keep_alive(key, wav))
+        """A URL was handed out again: restart its expiry in the shared tiers.
 
-    async def _keep_alive(self, key: str, wav: bytes) -> None:
-        if not await self.disk.touch(key):
-            await self.disk.put(key, wav)
-        if self.redis.enabled and not await self.redis.touch(key):
-            await self.redis.put(key, wav)
-        if self.store is not None and key not in self._store_refreshed:
-            # A copy onto itself restarts the object's lifecycle age: costly, so once an interval.
+        Redis and the disk at most once a minute; the object store at most once per
+        s3.refresh_interval_s, because its refresh is a copy of the object onto itself.
+        """
+        local = key not in self._refreshed
+        remote = self.store is not None and key not in self._store_refreshed
+        if local:
+            self._refreshed[key] = True
+        if remote:
             self._store_refreshed[key] = True
-            if not await self.store.touch(entry_name(key)):
-                await self.store.put(entry_name(key), wav, "audio/wav")
+        if local or remote:
+            self._spawn(self._keep_alive(key, wav, local, remote))
+
+    async def _keep_alive(self, key: str, wav: bytes, local: bool, remote: bool) -> None:
+        if local:
+            if not await self.disk.touch(key):
+                await self.disk.put(key, wav)
+            if self.redis.enabled and not await self.redis.touch(key):
+                await self.redis.put(key, wav)
+        if remote and self.store is not None and not await self.store.touch(entry_name(key)):
+            await self.store.put(entry_name(key), wav, "audio/wav")
 
     async def delete(self, key: str) -> None:
         """Remove one entry from every tier, other workers' and replicas' L1 included."""

@@ -63,16 +63,23 @@ class TTSHandler(SpeechHandler):
         audio = await self.services.speech.synthesize(request, self.client_id)
         self.cache_tier = audio.tier
         path = f"/audio/{audio.key}.wav"
+        audio_url, extra = f"{base}{path}", {}
+        direct = await self.services.cache.direct_url(audio.key)
+        if direct is not None:  # the bytes need not pass through our workers
+            audio_url, expires = direct
+            if expires is not None:
+                extra["expires_at"] = expires.isoformat().replace("+00:00", "Z")
         self.write_json(
             {
                 "hash": audio.key,
                 "text": request.text,
                 "speed": request.speed,
                 "voice": request.voice,
-                "audio_url": f"{base}{path}",
+                "audio_url": audio_url,
                 "audio_path": path,
                 "duration_s": round(audio.duration_s, 3),
                 "sample_rate": audio.sample_rate,
                 "cache": audio.tier,
+                **extra,
             }
         )
