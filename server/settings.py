@@ -165,13 +165,46 @@ class Settings:
 
     def worker_count(self, cores: int | None = None) -> int:
         """Configured workers, or one per two cores (each worker runs multi-threaded inference)."""
-        cores = cores or os.cpu_count() or 1
+        cores = cores or available_cores()
         return self.server.workers or max(1, cores // 2)
 
     def intra_op_threads(self, cores: int | None = None) -> int:
         """Per-session threads: configured, or cores divided by workers so they never oversubscribe."""
-        cores = cores or os.cpu_count() or 1
+        cores = cores or available_cores()
         return self.synthesis.intra_op_threads or max(1, cores // self.worker_count(cores))
+
+
+CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """The container's CPU limit in cores (cgroup v2 cpu.max, or v1 cfs quota), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def available_cores(root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may use: CPU affinity, capped by a container's CPU quota.
+
+    os.cpu_count() in a container sees the host's cores; sizing workers and threads by it would
+    start far more than the quota lets run, and they would only be throttled.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return max(1, cores)
 
 
 def _coerce(key: str, hint: Any, value: Any) -> Any:
