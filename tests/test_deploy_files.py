@@ -562,13 +562,21 @@ def healthcheck_argv() -> list[str]:
 
 def test_healthcheck_passes_against_a_live_server(server):
     env = {"TTS__SERVER__PORT": str(server.port), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(healthcheck_argv(), env=env, capture_output=True, timeout=30)
+    result = subprocess.run(healthcheck_argv(), env=env, cwd=ROOT, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr.decode()
     assert "/healthz" in " ".join(healthcheck_argv())
 
 
+def test_healthcheck_uses_the_port_from_the_config_file(server, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  port: {server.port}\n")
+    env = {"TTS_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(healthcheck_argv(), env=env, cwd=ROOT, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode()
+
+
 def test_healthcheck_fails_when_nothing_listens():
     env = {"TTS__SERVER__PORT": str(free_port()), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(healthcheck_argv(), env=env, capture_output=True, timeout=30)
+    result = subprocess.run(healthcheck_argv(), env=env, cwd=ROOT, capture_output=True, timeout=30)
     assert result.returncode == 1
     assert b"Connection refused" in result.stderr
