@@ -96,5 +96,11 @@ class Journal:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self._set, name, remaining)
 
+    async def discard(self, name: str) -> None:
+        """Give up on an entry (its file is gone): logged by the caller, counted here."""
+        self.dropped += 1
+        self._on_drop()
+        await self.settle(name, [])
+
     async def size(self) -> int:
         return len(await asyncio.to_thread(self._entries))

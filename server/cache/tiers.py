@@ -134,8 +134,7 @@ class TieredCache:
             wav = await self.disk.get(key)
             if wav is None:
                 logger.warning("journaled entry {} is gone from the disk; dropped", name)
-                self.journal.dropped += 1
-                await self.journal.settle(name, [])
+                await self.journal.discard(name)
                 continue
             remaining = []
             for tier in tiers:
