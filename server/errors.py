@@ -14,10 +14,16 @@ class TTSError(Exception):
     code: str = "internal_error"
 
     def __init__(
-        self, message: str, *, retry_after_s: int | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        retry_after_s: int | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param  # the request field at fault, for shapes that name it (OpenAI's)
         self.retry_after_s = retry_after_s
         self.headers = dict(headers or {})
         if retry_after_s is not None:

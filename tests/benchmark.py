@@ -947,7 +947,7 @@ async def run(args: argparse.Namespace) -> None:
             report["settings"] = {
                 "intra_op_threads": floor.threads,
                 "provider": floor.voice.provider,
-                "synthesis": asdict(floor.settings.synthesis),
+                "synthesis": floor.settings.synthesis.model_dump(mode="json"),
             }
             client = Client(server.base)
             clients.append(client)

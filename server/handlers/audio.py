@@ -8,9 +8,39 @@ from typing import Final
 
 from server.errors import RangeNotSatisfiable
 from server.handlers.base import BaseHandler
+from server.openapi import RATE_LIMIT_HEADERS, Header, Reply, integer_header, operation
 from server.ratelimit import REQUESTS
+from server.schemas import HASH_PATTERN
 
 _RANGE: Final = re.compile(r"bytes=(\d*)-(\d*)")
+HASH_PARAMETER: Final = {
+    "hash": {"type": "string", "pattern": HASH_PATTERN, "description": "The hash /tts returned"}
+}
+CONDITIONS: Final = {
+    "Range": Header("One byte range, bytes=START-END, bytes=START- or bytes=-SUFFIX"),
+    "If-None-Match": Header("An ETag this client holds"),
+    "If-Range": Header("Send the range only if the ETag still matches"),
+}
+FILE_HEADERS: Final = {
+    "ETag": Header("Strong validator of these bytes", True),
+    "Accept-Ranges": Header("Single byte ranges are supported", True, {"type": "string", "enum": ["bytes"]}),
+    "Cache-Control": Header("Public and immutable for the storage TTL", True),
+    "X-Cache": Header("Tier that had it", True, {"type": "string", "enum": ["l1", "l2", "disk", "s3"]}),
+    **RATE_LIMIT_HEADERS,
+}
+LENGTH: Final = {"Content-Length": integer_header("Bytes in the (partial) body", True)}
+CONTENT_RANGE: Final = Header(
+    "bytes START-END/SIZE", True, {"type": "string", "pattern": r"^bytes \d+-\d+/\d+$"}
+)
+
+
+def file_replies(with_body: bool) -> dict[int, Reply]:
+    wav = {"audio/wav": {"type": "string", "format": "binary"} if with_body else {}}
+    return {
+        200: Reply("The whole file", wav, {**FILE_HEADERS, **LENGTH}),
+        206: Reply("The requested range", wav, {**FILE_HEADERS, **LENGTH, "Content-Range": CONTENT_RANGE}),
+        304: Reply("If-None-Match matched the ETag", headers=FILE_HEADERS),
+    }
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -41,10 +71,24 @@ class AudioHandler(BaseHandler):
         super().prepare()
         await self.limit(REQUESTS)
 
+    @operation(
+        operation_id="getAudio",
+        path=HASH_PARAMETER,
+        headers=CONDITIONS,
+        replies=file_replies(with_body=True),
+        errors=(404, 416, 429),
+    )
     async def get(self, key: str) -> None:
-        """The WAV for a hash that /tts returned."""
+        """A stored WAV, with Range and ETag support."""
         await self._send(key, include_body=True)
 
+    @operation(
+        operation_id="headAudio",
+        path=HASH_PARAMETER,
+        headers=CONDITIONS,
+        replies=file_replies(with_body=False),
+        errors=(404, 416, 429),
+    )
     async def head(self, key: str) -> None:
         """Headers only, as for GET."""
         await self._send(key, include_body=False)

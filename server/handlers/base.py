@@ -24,6 +24,7 @@ from server.errors import (
     TTSError,
     UriTooLong,
 )
+from server.schemas import Error, ErrorDetail, dump
 from server.services import Services
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -226,7 +227,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False))
+        body = Error(error=ErrorDetail(code=code, message=message))
+        self.finish(json.dumps(dump(body), ensure_ascii=False))
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -8,27 +8,66 @@ from typing import Final
 
 from tornado.iostream import StreamClosedError
 
-from server.errors import InvalidRequest, RateLimited, TTSError
-from server.handlers.tts import SpeechHandler
+from server.errors import RateLimited, TTSError
+from server.handlers.tts import SPEECH_ERRORS, SpeechHandler, refuse_unavailable
+from server.openapi import RATE_LIMIT_HEADERS, Header, Reply, integer_header, operation
+from server.schemas import AudioFormat, StreamFields, validate
 from server.speech import Stream
 from server.synthesis.audio import CHANNELS, wav_header
 
-FORMATS: Final = ("pcm", "wav")
+# What a stream can carry until the encoders arrive; the other formats get a clear 400.
+STREAM_FORMATS: Final = (AudioFormat.PCM, AudioFormat.WAV)
+STREAM_HEADERS: Final = {
+    "X-Audio-Sample-Rate": integer_header("Samples per second", True),
+    "X-Audio-Channels": integer_header("Always 1 (mono)", True),
+    "X-Audio-Format": Header("Sample format of audio/pcm", schema={"type": "string", "enum": ["s16le"]}),
+    "X-Audio-Hash": Header("The audio's hash (its /audio URL once stored)", True),
+    "X-Cache": Header(
+        "Tier that had it, or miss", True, {"type": "string", "enum": ["l1", "l2", "disk", "s3", "miss"]}
+    ),
+    **RATE_LIMIT_HEADERS,
+}
+BINARY: Final = {"type": "string", "format": "binary"}
+STREAMED: Final = {
+    200: Reply("The audio, streamed", {"audio/pcm": BINARY, "audio/wav": BINARY}, STREAM_HEADERS)
+}
+STREAM_DESCRIPTION: Final = (
+    "audio/pcm is raw s16le mono; audio/wav has a header with unknown length. An error after the "
+    "first audio can only close the connection early."
+)
 
 
 class StreamHandler(SpeechHandler):
     route = "/tts/stream"
 
+    @operation(
+        operation_id="ttsStream",
+        query=StreamFields,
+        replies=STREAMED,
+        errors=SPEECH_ERRORS,
+        description=STREAM_DESCRIPTION,
+    )
     async def get(self) -> None:
-        """Stream the speech for the query's text as it is synthesized."""
-        fields = self.query_fields()
-        audio_format = fields.pop("format", "pcm") or "pcm"
-        if audio_format not in FORMATS:
-            raise InvalidRequest(f"format must be one of {', '.join(FORMATS)}")
+        """Audio sent chunk by chunk as it is synthesized."""
+        await self._stream_fields(validate(StreamFields, self.query_fields()))
+
+    @operation(
+        operation_id="ttsStreamPost",
+        body=StreamFields,
+        replies=STREAMED,
+        errors=SPEECH_ERRORS,
+        description=STREAM_DESCRIPTION,
+    )
+    async def post(self) -> None:
+        """As GET, with the fields in a JSON body (for texts too long for a URL)."""
+        await self._stream_fields(validate(StreamFields, self.json_fields()))
+
+    async def _stream_fields(self, fields: StreamFields) -> None:
+        refuse_unavailable(fields.format, STREAM_FORMATS)
         request = self.speech_request(fields)
         with self._stream_slot():
             stream = await self.services.speech.stream(request, self.client_id)
-            await self._send(stream, audio_format)
+            await self._send(stream, fields.format)
 
     @contextlib.contextmanager
     def _stream_slot(self) -> Iterator[None]:

@@ -1,15 +1,29 @@
-"""`/tts`: synthesize (or find) the audio and answer with a URL to its WAV."""
+"""`/tts`: synthesize (or find) the audio and answer with a URL to its file."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Final
 
 from server.clients import request_origin
 from server.errors import InvalidRequest
 from server.handlers.base import BaseHandler
+from server.openapi import RATE_LIMIT_HEADERS, Reply, operation
 from server.ratelimit import REQUESTS
-from server.request import SpeechRequest, parse_speech_request
+from server.request import SpeechRequest, speech_request
+from server.schemas import AudioFormat, SpeechFields, Synthesis, TTSFields, dump, validate
+
+SPEECH_ERRORS: Final = (400, 413, 429, 503)
+STORED: Final = {
+    200: Reply("Stored; audio_url serves it", {"application/json": Synthesis}, RATE_LIMIT_HEADERS)
+}
+# What /tts can store until the encoders arrive; the other formats get a clear 400.
+TTS_FORMATS: Final = (AudioFormat.WAV,)
+
+
+def refuse_unavailable(audio_format: AudioFormat, available: tuple[AudioFormat, ...]) -> None:
+    if audio_format not in available:
+        names = ", ".join(available)
+        raise InvalidRequest(f"format {audio_format} is not available here yet; use {names}", param="format")
 
 
 class SpeechHandler(BaseHandler):
@@ -19,9 +33,9 @@ class SpeechHandler(BaseHandler):
         super().prepare()
         await self.limit(REQUESTS)
 
-    def speech_request(self, fields: Mapping[str, Any]) -> SpeechRequest:
+    def speech_request(self, fields: SpeechFields) -> SpeechRequest:
         synthesis = self.services.settings.synthesis
-        request = parse_speech_request(
+        request = speech_request(
             fields, default_voice=synthesis.default_voice, max_chars=synthesis.max_text_chars
         )
         self.voice, self.text_chars = request.voice, len(request.text)
@@ -50,36 +64,39 @@ class SpeechHandler(BaseHandler):
 class TTSHandler(SpeechHandler):
     route = "/tts"
 
+    @operation(operation_id="ttsGet", query=TTSFields, replies=STORED, errors=SPEECH_ERRORS)
     async def get(self) -> None:
-        """Synthesize from query arguments."""
-        await self._respond(self.speech_request(self.query_fields()))
+        """Synthesize (or find) the audio; answers with its URL."""
+        await self._respond(validate(TTSFields, self.query_fields()))
 
+    @operation(operation_id="ttsPost", body=TTSFields, replies=STORED, errors=SPEECH_ERRORS)
     async def post(self) -> None:
-        """Synthesize from a JSON body with the same fields."""
-        await self._respond(self.speech_request(self.json_fields()))
+        """As GET, with the fields in a JSON body."""
+        await self._respond(validate(TTSFields, self.json_fields()))
 
-    async def _respond(self, request: SpeechRequest) -> None:
+    async def _respond(self, fields: TTSFields) -> None:
+        refuse_unavailable(fields.format, TTS_FORMATS)
+        request = self.speech_request(fields)
         base = self.base_url()  # before any work: a request we cannot answer costs nothing
         audio = await self.services.speech.synthesize(request, self.client_id)
         self.cache_tier = audio.tier
-        path = f"/audio/{audio.key}.wav"
-        audio_url, extra = f"{base}{path}", {}
+        path = f"/audio/{audio.key}.{fields.format}"
+        audio_url, expires_at = f"{base}{path}", None
         direct = await self.services.cache.direct_url(audio.key)
         if direct is not None:  # the bytes need not pass through our workers
             audio_url, expires = direct
             if expires is not None:
-                extra["expires_at"] = expires.isoformat().replace("+00:00", "Z")
-        self.write_json(
-            {
-                "hash": audio.key,
-                "text": request.text,
-                "speed": request.speed,
-                "voice": request.voice,
-                "audio_url": audio_url,
-                "audio_path": path,
-                "duration_s": round(audio.duration_s, 3),
-                "sample_rate": audio.sample_rate,
-                "cache": audio.tier,
-                **extra,
-            }
+                expires_at = expires.isoformat().replace("+00:00", "Z")
+        synthesis = Synthesis(
+            hash=audio.key,
+            text=request.text,
+            speed=request.speed,
+            voice=request.voice,
+            audio_url=audio_url,
+            audio_path=path,
+            expires_at=expires_at,
+            duration_s=round(audio.duration_s, 3),
+            sample_rate=audio.sample_rate,
+            cache=audio.tier,  # type: ignore[arg-type]
         )
+        self.write_json(dump(synthesis))
