@@ -54,6 +54,14 @@ class RateLimited(TTSError):
     status, code = 429, "rate_limited"
 
 
+class UriTooLong(TTSError):
+    status, code = 414, "uri_too_long"
+
+
+class HeadersTooLarge(TTSError):
+    status, code = 431, "headers_too_large"
+
+
 class NotFound(TTSError):
     status, code = 404, "not_found"
 

@@ -175,10 +175,16 @@ class Synthesis(Model):
     text: str = Field(description="The normalized text that was spoken")
     speed: str | SpeedRate = Field(description="As the client named it: a preset, or the rate")
     voice: str
-    audio_url: str = Field(description="Absolute URL of the stored audio")
+    audio_url: str = Field(description="Absolute URL of the stored audio: here, or in the object store")
+    audio_path: str = Field(description="The same audio on this server, relative")
+    expires_at: str | SkipJsonSchema[None] = Field(
+        None,
+        description="When a presigned audio_url stops working (only with s3.presign_s), RFC 3339 UTC",
+        exclude_if=lambda value: value is None,
+    )
     duration_s: float = Field(ge=0)
     sample_rate: int = Field(ge=1)
-    cache: Literal["l1", "l2", "disk", "miss"]
+    cache: Literal["l1", "l2", "disk", "s3", "miss"]
 
 
 class VoiceInfo(Model):
@@ -205,6 +211,12 @@ class Readiness(Model):
     voices: list[str]
     providers: dict[str, str] = Field(description="The execution provider each voice's session got")
     redis: Literal["ok", "degraded", "disabled"]
+    store: Literal["ok", "degraded", "disabled"] = Field(description="The object store (storage.backend s3)")
+    degraded: list[Literal["redis", "store"]] | SkipJsonSchema[None] = Field(
+        None,
+        description="Shared tiers that are out: serving, but new URLs may be this replica's only",
+        exclude_if=lambda value: value is None,
+    )
     problem: str | SkipJsonSchema[None] = Field(
         None, description="Why the server is unready", exclude_if=lambda value: value is None
     )

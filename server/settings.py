@@ -100,7 +100,9 @@ class Section(BaseModel):
 
 
 class ServerSettings(Section):
-    host: str = "0.0.0.0"
+    # Loopback by default: a quick start on a laptop must not publish an open server; the image,
+    # compose and Kubernetes set 0.0.0.0 explicitly.
+    host: str = "127.0.0.1"
     port: int = Field(8888, ge=1, le=65535)
     public_url: str = ""
     workers: int = Field(0, ge=0, le=256)
@@ -111,6 +113,9 @@ class ServerSettings(Section):
     body_timeout_s: float = Field(10.0, ge=1, le=600)
     cors_origins: StrList = ()
     trusted_proxies: StrList = ()
+    # Hosts whose name may appear in an audio_url built from the request's Host; empty: the loopback
+    # names and this machine's own names. Ignored when public_url is set.
+    allowed_hosts: StrList = ()
 
     @field_validator("public_url")
     @classmethod
@@ -179,6 +184,7 @@ class RedisSettings(Section):
     breaker_failures: int = Field(3, ge=1, le=1000)
     breaker_reset_s: float = Field(5.0, ge=0.1, le=3600)
     lock_ttl_s: float = Field(30.0, ge=0.5, le=3600)
+    probe_interval_s: float = Field(2.0, ge=0.1, le=3600)
 
     @field_validator("url")
     @classmethod
@@ -192,6 +198,28 @@ class StorageSettings(Section):
     dir: str = "var/audio"
     ttl_s: int = Field(7 * 86400, ge=1, le=10 * 365 * 86400)
     cleanup_interval_s: float = Field(600.0, ge=0.1, le=86400)
+    backend: Literal["disk", "s3"] = "disk"
+    journal_max_entries: int = Field(10000, ge=1, le=10_000_000)
+
+
+class S3Settings(Section):
+    """`storage.backend: s3`: the object store. Credentials come only from the AWS chain."""
+
+    bucket: str = ""
+    prefix: str = "audio/"
+    endpoint_url: str = ""
+    region: str = ""
+    public_base_url: str = ""
+    presign_s: int = Field(0, ge=0, le=7 * 86400)  # S3's own limit for presigned URLs
+    timeout_s: float = Field(2.0, ge=0.1, le=60)
+    refresh_interval_s: float = Field(86400.0, ge=1, le=365 * 86400)
+
+    @field_validator("endpoint_url", "public_base_url")
+    @classmethod
+    def _url_has_a_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
 
 class CacheSettings(Section):
@@ -200,8 +228,10 @@ class CacheSettings(Section):
 
 class LimitSettings(Section):
     enabled: bool = True
-    synthesis_per_minute: float = Field(30.0, ge=0.1, le=1_000_000)
-    synthesis_burst: int = Field(15, ge=1, le=1_000_000)
+    # Synthesis tokens: a new text costs one per started synthesis_unit_chars characters.
+    synthesis_per_minute: float = Field(60.0, ge=0.1, le=1_000_000)
+    synthesis_burst: int = Field(60, ge=1, le=1_000_000)
+    synthesis_unit_chars: int = Field(200, ge=1, le=1_000_000)
     requests_per_minute: float = Field(1200.0, ge=1, le=10_000_000)
     requests_burst: int = Field(200, ge=1, le=10_000_000)
     streams_per_client: int = Field(4, ge=1, le=10000)
@@ -225,6 +255,7 @@ class Settings(BaseSettings):
     synthesis: SynthesisSettings = SynthesisSettings()
     redis: RedisSettings = RedisSettings()
     storage: StorageSettings = StorageSettings()
+    s3: S3Settings = S3Settings()
     cache: CacheSettings = CacheSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -240,16 +271,47 @@ class Settings(BaseSettings):
 
     def worker_count(self, cores: int | None = None) -> int:
         """Configured workers, or one per two cores (each worker runs multi-threaded inference)."""
-        cores = cores or os.cpu_count() or 1
+        cores = cores or available_cores()
         return self.server.workers or max(1, cores // 2)
 
     def intra_op_threads(self, cores: int | None = None) -> int:
         """Per-session threads: configured, or cores divided by workers so they never oversubscribe."""
-        cores = cores or os.cpu_count() or 1
+        cores = cores or available_cores()
         return self.synthesis.intra_op_threads or max(1, cores // self.worker_count(cores))
 
 
 SECTIONS: Final = tuple(name for name in Settings.model_fields if name not in SECRET_FIELDS)
+CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """The container's CPU limit in cores (cgroup v2 cpu.max, or v1 cfs quota), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def available_cores(root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may use: CPU affinity, capped by a container's CPU quota.
+
+    os.cpu_count() in a container sees the host's cores; sizing workers and threads by it would
+    start far more than the quota lets run, and they would only be throttled.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return max(1, cores)
 
 
 # -- sources --------------------------------------------------------------------------------------
@@ -398,7 +460,13 @@ def _build(file: PydanticBaseSettingsSource, environ: Mapping[str, str]) -> Sett
 
 def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Validate a parsed config mapping plus environment overrides into `Settings`."""
-    return _build(FileSource(Settings, raw), environ or {})
+    settings = _build(FileSource(Settings, raw), environ or {})
+    # Rules across keys, which no one field can check.
+    if settings.storage.backend == "s3" and not settings.s3.bucket:
+        raise SettingsError("s3.bucket", "required when storage.backend is s3")
+    if settings.s3.public_base_url and settings.s3.presign_s:
+        raise SettingsError("s3.presign_s", "set either s3.public_base_url or s3.presign_s, not both")
+    return settings
 
 
 def load_settings(

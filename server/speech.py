@@ -289,7 +289,7 @@ class SpeechService:
         if hit is not None:
             self.cache.keep_alive(key, hit.wav)
             return Audio(key, hit.wav, hit.tier)
-        await self._charge(key, client)
+        await self._charge(key, client, len(request.text))
         flight = self._join(key, request, voice, speaker_id, length_scale)
         flight.unbounded = True
         flight.took(len(flight.chunks))
@@ -312,7 +312,7 @@ class SpeechService:
         hit = await self._lookup(key)
         if hit is not None:
             return Stream(self, key, voice.sample_rate, hit.tier, cached=hit.wav)
-        await self._charge(key, client)
+        await self._charge(key, client, len(request.text))
         flight = self._join(key, request, voice, speaker_id, length_scale)
         flight.subscribers += 1
         return Stream(self, key, voice.sample_rate, MISS, flight=flight)
@@ -326,11 +326,11 @@ class SpeechService:
             raise NotFound("no such audio (unknown or expired)")
         return Audio(key, hit.wav, hit.tier)
 
-    async def _charge(self, key: str, client: str) -> None:
-        """A new synthesis costs a token from the client's synthesis bucket; joining one is free."""
+    async def _charge(self, key: str, client: str, text_chars: int) -> None:
+        """A new synthesis costs tokens by its length from the synthesis bucket; joining one is free."""
         if not client or not self._limiter.enabled or key in self._flights:
             return
-        decision = await self._limiter.take(client, SYNTHESIS)
+        decision = await self._limiter.take(client, SYNTHESIS, self._limiter.synthesis_cost(text_chars))
         if not decision.allowed:
             raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
 

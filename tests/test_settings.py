@@ -31,7 +31,7 @@ def test_missing_default_config_file_means_built_in_defaults(tmp_path, monkeypat
 def test_env_overrides_an_integer_key():
     settings = load_settings(CONFIG, environ={"TTS__SERVER__PORT": "9000"})
     assert settings.server.port == 9000
-    assert settings.server.host == "0.0.0.0"
+    assert settings.server.host == "127.0.0.1"
 
 
 def test_env_overrides_a_string_key():

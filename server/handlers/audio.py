@@ -25,7 +25,7 @@ FILE_HEADERS: Final = {
     "ETag": Header("Strong validator of these bytes", True),
     "Accept-Ranges": Header("Single byte ranges are supported", True, {"type": "string", "enum": ["bytes"]}),
     "Cache-Control": Header("Public and immutable for the storage TTL", True),
-    "X-Cache": Header("Tier that had it", True, {"type": "string", "enum": ["l1", "l2", "disk"]}),
+    "X-Cache": Header("Tier that had it", True, {"type": "string", "enum": ["l1", "l2", "disk", "s3"]}),
     **RATE_LIMIT_HEADERS,
 }
 LENGTH: Final = {"Content-Length": integer_header("Bytes in the (partial) body", True)}

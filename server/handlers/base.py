@@ -15,7 +15,15 @@ from loguru import logger
 
 from server.auth import KeyRing
 from server.clients import client_address
-from server.errors import BodyTooLarge, InvalidRequest, NotFound, RateLimited, TTSError
+from server.errors import (
+    BodyTooLarge,
+    HeadersTooLarge,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    TTSError,
+    UriTooLong,
+)
 from server.schemas import Error, ErrorDetail, dump
 from server.services import Services
 
@@ -46,7 +54,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.text_chars: int | None = None
         self.services.lifecycle.in_flight += 1
         self._counted = True
-        limit = self.services.settings.server.max_body_bytes
+        server = self.services.settings.server
+        # Tornado reads header blocks up to a hard cap far above ours (worker.HEADER_HARD_CAP_BYTES)
+        # so that these answer with our JSON instead of a dropped connection.
+        if len(self.request.uri or "") > server.max_header_bytes:
+            raise UriTooLong(f"the request target is longer than {server.max_header_bytes} bytes")
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in self.request.headers.get_all())
+        if header_bytes > server.max_header_bytes:
+            raise HeadersTooLarge(f"the request headers are larger than {server.max_header_bytes} bytes")
+        limit = server.max_body_bytes
         if len(self.request.body) > limit:
             raise BodyTooLarge(f"the request body is larger than {limit} bytes")
 

@@ -35,17 +35,22 @@ class ReadyHandler(BaseHandler):
         catalog = services.catalog
         if services.lifecycle.draining:
             status = "draining"
-        elif catalog.ready:
+        elif catalog.ready and services.ready:
             status = "ready"
-        elif catalog.problem:
-            status = "unready"
+        elif catalog.problem or catalog.ready:
+            status = "unready"  # voices ready, but the object store has not answered yet
         else:
             status = "loading"
+        store = services.cache.store.state if services.cache.store is not None else "disabled"
+        redis = services.cache.redis.state
+        degraded = [name for name, state in (("redis", redis), ("store", store)) if state == "degraded"]
         body = Readiness(
             status=status,  # type: ignore[arg-type]
             voices=[info.id for info in catalog.infos()],
             providers={info.id: info.provider for info in catalog.infos()},
-            redis=services.cache.redis.state,  # type: ignore[arg-type]
+            redis=redis,  # type: ignore[arg-type]
+            store=store,  # type: ignore[arg-type]
+            degraded=degraded or None,  # type: ignore[arg-type]
             problem=catalog.problem or None,
         )
         self.write_json(dump(body), 200 if services.ready else 503)

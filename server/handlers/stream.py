@@ -23,7 +23,7 @@ STREAM_HEADERS: Final = {
     "X-Audio-Format": Header("Sample format of audio/pcm", schema={"type": "string", "enum": ["s16le"]}),
     "X-Audio-Hash": Header("The audio's hash (its /audio URL once stored)", True),
     "X-Cache": Header(
-        "Tier that had it, or miss", True, {"type": "string", "enum": ["l1", "l2", "disk", "miss"]}
+        "Tier that had it, or miss", True, {"type": "string", "enum": ["l1", "l2", "disk", "s3", "miss"]}
     ),
     **RATE_LIMIT_HEADERS,
 }

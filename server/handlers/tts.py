@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from server.clients import request_origin
 from server.errors import InvalidRequest
 from server.handlers.base import BaseHandler
 from server.openapi import RATE_LIMIT_HEADERS, Reply, operation
@@ -41,10 +42,23 @@ class SpeechHandler(BaseHandler):
         return request
 
     def base_url(self) -> str:
+        """public_url, else the request's own origin when its host is one we serve."""
         public = self.services.settings.server.public_url
         if public:
             return public.rstrip("/")
-        return f"{self.request.protocol}://{self.request.host}"
+        headers = self.request.headers
+        origin = request_origin(
+            protocol=self.request.protocol,
+            host=self.request.host,
+            peer=self.request.remote_ip or "",
+            forwarded_proto=headers.get("X-Forwarded-Proto"),
+            forwarded_host=headers.get("X-Forwarded-Host"),
+            trusted=self.services.trusted_proxies,
+            allowed=self.services.allowed_hosts,
+        )
+        if origin is None:
+            raise InvalidRequest("unknown Host: set server.public_url or add it to server.allowed_hosts")
+        return origin
 
 
 class TTSHandler(SpeechHandler):
@@ -63,14 +77,24 @@ class TTSHandler(SpeechHandler):
     async def _respond(self, fields: TTSFields) -> None:
         refuse_unavailable(fields.format, TTS_FORMATS)
         request = self.speech_request(fields)
+        base = self.base_url()  # before any work: a request we cannot answer costs nothing
         audio = await self.services.speech.synthesize(request, self.client_id)
         self.cache_tier = audio.tier
+        path = f"/audio/{audio.key}.{fields.format}"
+        audio_url, expires_at = f"{base}{path}", None
+        direct = await self.services.cache.direct_url(audio.key)
+        if direct is not None:  # the bytes need not pass through our workers
+            audio_url, expires = direct
+            if expires is not None:
+                expires_at = expires.isoformat().replace("+00:00", "Z")
         synthesis = Synthesis(
             hash=audio.key,
             text=request.text,
             speed=request.speed,
             voice=request.voice,
-            audio_url=f"{self.base_url()}/audio/{audio.key}.{fields.format}",
+            audio_url=audio_url,
+            audio_path=path,
+            expires_at=expires_at,
             duration_s=round(audio.duration_s, 3),
             sample_rate=audio.sample_rate,
             cache=audio.tier,  # type: ignore[arg-type]

