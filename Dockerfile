@@ -76,8 +76,10 @@ USER 10001:10001
 EXPOSE 8888
 # For docker and compose; Kubernetes ignores it and uses the probes in config/kubernetes/.
 # The slim image has no curl. urlopen raises (exit status 1) on a refused connection or non-2xx.
+# The port is the configured one (config.yaml, TTS_CONFIG or TTS__SERVER__PORT), read by the
+# server's own settings loader, so a changed port never fails the check.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('TTS__SERVER__PORT', '8888'), timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; from server.settings import load_settings; urllib.request.urlopen('http://127.0.0.1:%d/healthz' % load_settings().server.port, timeout=4)"]
 # The gunicorn master is PID 1: it reaps its own workers, and on SIGTERM it closes the listener
 # and lets each worker drain for server.graceful_timeout_s (config/gunicorn.conf.py).
 STOPSIGNAL SIGTERM

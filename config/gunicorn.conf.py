@@ -11,11 +11,20 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from server.cache.s3 import StoreMisconfigured, check_bucket
 from server.settings import SettingsError, load_settings
+from server.synthesis.files import check_voices
 
 try:
     _settings = load_settings()
-except SettingsError as exc:
+    # In the master, before any worker forks: a bad default voice stops the server with one line
+    # instead of leaving every worker up but never ready. (No onnxruntime import here.)
+    for _line in check_voices(_settings):
+        print(_line, file=sys.stderr)
+    # A missing or forbidden bucket stops here; an unreachable store only delays readiness.
+    if _settings.storage.backend == "s3" and not check_bucket(_settings.s3):
+        print("object store unreachable; workers stay unready and retry", file=sys.stderr)
+except (SettingsError, StoreMisconfigured) as exc:
     print(exc, file=sys.stderr)
     sys.exit(2)
 

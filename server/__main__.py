@@ -9,16 +9,22 @@ import sys
 from tornado.netutil import bind_sockets
 
 from server.app import make_app
+from server.cache.s3 import StoreMisconfigured, check_bucket
 from server.logs import configure_logging
 from server.services import Services
 from server.settings import SettingsError, load_settings
+from server.synthesis.files import check_voices
 from server.worker import serve
 
 
 def main() -> None:
     try:
         settings = load_settings()
-    except SettingsError as exc:
+        for line in check_voices(settings):
+            print(line, file=sys.stderr)
+        if settings.storage.backend == "s3" and not check_bucket(settings.s3):
+            print("object store unreachable; workers stay unready and retry", file=sys.stderr)
+    except (SettingsError, StoreMisconfigured) as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.logging)

@@ -15,7 +15,7 @@ from server.handlers.admin import (
 )
 from server.handlers.audio import AudioHandler
 from server.handlers.base import NotFoundHandler
-from server.handlers.docs import OpenAPIHandler
+from server.handlers.docs import DocsAssetHandler, DocsHandler, OpenAPI30Handler, OpenAPIHandler
 from server.handlers.health import HealthHandler, MetricsHandler, ReadyHandler
 from server.handlers.player import PlayerHandler
 from server.handlers.stream import StreamHandler
@@ -37,6 +37,9 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         (r"/readyz", ReadyHandler),
         (r"/metrics", MetricsHandler),
         (r"/openapi\.json", OpenAPIHandler),
+        (r"/docs", DocsHandler),
+        (r"/docs/openapi-3\.0\.json", OpenAPI30Handler),
+        (r"/docs/assets/([^/]+)", DocsAssetHandler),
         *OPENAI_ROUTES,
         (r"/admin/storage", StorageHandler),
         (r"/admin/cleanup", CleanupHandler),

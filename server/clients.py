@@ -1,9 +1,11 @@
-"""Who the client is: its address (believing X-Forwarded-For only from trusted proxies)."""
+"""Who the client is and where it reached us: X-Forwarded-* believed only from trusted proxies."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
+from typing import Final
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,3 +38,45 @@ def client_address(peer: str, forwarded_for: str | None, trusted: tuple[Network,
             except ValueError:
                 return peer  # garbage in the header: fall back to the proxy itself
     return hops[0] if hops else peer
+
+
+LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
+
+
+def default_allowed_hosts() -> frozenset[str]:
+    """The loopback names and this machine's own names (no DNS: it may be slow or absent)."""
+    name = socket.gethostname().lower()
+    return frozenset({*LOOPBACK_NAMES, name, name.split(".")[0]})
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header: no port, no IPv6 brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def request_origin(
+    *,
+    protocol: str,
+    host: str,
+    peer: str,
+    forwarded_proto: str | None,
+    forwarded_host: str | None,
+    trusted: tuple[Network, ...],
+    allowed: frozenset[str],
+) -> str | None:
+    """`scheme://host` for URLs built from the request, or None when the host is not allowed.
+
+    X-Forwarded-Proto and -Host count only from a trusted proxy (a TLS-terminating ingress); the
+    host must still be one we serve, so a forged Host never ends up in a URL we hand out.
+    """
+    if trusted and _trusted(peer, trusted):
+        if forwarded_proto and forwarded_proto.split(",")[0].strip().lower() in ("http", "https"):
+            protocol = forwarded_proto.split(",")[0].strip().lower()
+        if forwarded_host:
+            host = forwarded_host.split(",")[0].strip()
+    if not host or host_name(host) not in allowed or any(c in host for c in "/\\@?# "):
+        return None
+    return f"{protocol}://{host}"

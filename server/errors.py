@@ -23,7 +23,7 @@ class TTSError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.param = param  # the request field at fault, when one is (OpenAI's error shape names it)
+        self.param = param  # the request field at fault, for shapes that name it (OpenAI's)
         self.retry_after_s = retry_after_s
         self.headers = dict(headers or {})
         if retry_after_s is not None:
@@ -56,6 +56,14 @@ class Unauthorized(TTSError):
 
 class RateLimited(TTSError):
     status, code = 429, "rate_limited"
+
+
+class UriTooLong(TTSError):
+    status, code = 414, "uri_too_long"
+
+
+class HeadersTooLarge(TTSError):
+    status, code = 431, "headers_too_large"
 
 
 class NotFound(TTSError):

@@ -93,6 +93,18 @@ class Metrics:
         self.storage_errors = Counter(
             "tts_storage_write_errors_total", "Audio files that could not be written.", registry=r
         )
+        self.store_errors = Counter(
+            "tts_store_errors_total", "Failed or skipped object store calls.", registry=r
+        )
+        self.journal_replayed = Counter(
+            "tts_journal_replayed_total",
+            "Entries written to a shared tier after its outage.",
+            ["tier"],
+            registry=r,
+        )
+        self.journal_dropped = Counter(
+            "tts_journal_dropped_total", "Journal entries dropped (journal full or file gone).", registry=r
+        )
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

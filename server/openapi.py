@@ -1,690 +1,373 @@
-"""The OpenAPI 3.1 description of the public HTTP API, built from the running settings.
+"""The OpenAPI 3.1 document, generated from the route table and the models each handler declares.
 
-`openapi_document(settings, voices)` returns the document `GET /openapi.json` serves. Limits that
-depend on configuration (text length, body size) come from `settings`, and the voice enum from
-the voices actually loaded, so the document never promises what this server would refuse. The
-test suite checks real responses against it and fuzzes the server with it (schemathesis).
+A handler method declares what it takes and answers with `@operation(...)` (its query, body and path
+models, its replies and the error statuses it can give); `openapi_document(rules, settings, voices)`
+walks the application's routes, collects those declarations and lets pydantic write the schemas of
+the models in `server.schemas`. A new front door appears in the document by declaring its
+operations and the shape of its errors (`error_model`: OpenAI's on `/v1`). Limits that depend on
+configuration (text length, body size) come from `settings`, and the voice enum from the voices
+actually loaded, so the document never promises what this server would refuse. The test suite
+checks real responses against it and fuzzes the server with it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
 
-from server.audio.formats import FORMATS
-from server.errors import TTSError
-from server.openai.schemas import AudioModels, AudioVoices, ErrorBody, ModelList, SpeechBody
-from server.request import MAX_SPEED, MIN_SPEED, SPEED_PRESETS
+import tornado.routing
+import tornado.web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from server.schemas import COMPONENT, Error, server_schemas
 from server.settings import Settings
 
 OPENAPI_VERSION: Final = "3.1.0"
-HASH_PATTERN: Final = "^[0-9a-f]{64}$"
-# Codes the base handler gives to errors Tornado raises itself (unknown method, bad request).
-_FRAMEWORK_CODES: Final = ("bad_request", "internal_error", "method_not_allowed", "not_found")
+REF_TEMPLATE: Final = "#/components/schemas/{model}"
+METHODS: Final = ("get", "head", "post", "put", "delete", "patch")
 
 Schema = dict[str, Any]
+# A body: one model, several (any one of them), or a raw schema for what is not a model.
+Content = type[BaseModel] | tuple[type[BaseModel], ...] | Schema
 
 
-def _error_codes() -> list[str]:
-    found: set[str] = set(_FRAMEWORK_CODES)
-    pending: list[type[TTSError]] = [TTSError]
-    while pending:
-        cls = pending.pop()
-        found.add(cls.code)
-        pending.extend(cls.__subclasses__())
-    return sorted(found)
+@dataclass(frozen=True)
+class Header:
+    description: str
+    required: bool = False
+    schema: Schema = field(default_factory=lambda: {"type": "string"})
+
+    def document(self) -> Schema:
+        return {"description": self.description, "required": self.required, "schema": self.schema}
 
 
-def _ref(name: str, kind: str = "schemas") -> Schema:
-    return {"$ref": f"#/components/{kind}/{name}"}
-
-
-def _integer_header(description: str, required: bool = False) -> Schema:
-    return {"description": description, "required": required, "schema": {"type": "integer", "minimum": 0}}
-
-
-def _string_header(description: str, required: bool = False, **schema: Any) -> Schema:
-    return {"description": description, "required": required, "schema": {"type": "string", **schema}}
+def integer_header(description: str, required: bool = False) -> Header:
+    return Header(description, required, {"type": "integer", "minimum": 0})
 
 
 COMMON_HEADERS: Final = {
-    "X-Request-ID": _string_header("The request's id (the client's, when it sent a safe one)", True),
-    "X-Content-Type-Options": _string_header("Always nosniff", True, enum=["nosniff"]),
+    "X-Request-ID": Header("The request's id (the client's, when it sent a safe one)", True),
+    "X-Content-Type-Options": Header("Always nosniff", True, {"type": "string", "enum": ["nosniff"]}),
 }
 RATE_LIMIT_HEADERS: Final = {
-    "RateLimit-Limit": _integer_header("Size of the client's bucket (its burst)"),
-    "RateLimit-Remaining": _integer_header("Tokens left in the bucket"),
-    "RateLimit-Reset": _integer_header("Seconds until the bucket is full again"),
+    "RateLimit-Limit": integer_header("Size of the client's bucket (its burst)"),
+    "RateLimit-Remaining": integer_header("Tokens left in the bucket"),
+    "RateLimit-Reset": integer_header("Seconds until the bucket is full again"),
 }
+RETRY_AFTER: Final = {"Retry-After": integer_header("Seconds to wait before retrying", required=True)}
 
 
-def _response(
-    description: str,
-    media_type: str | None = None,
-    schema: Schema | None = None,
-    headers: dict[str, Schema] | None = None,
-) -> Schema:
-    response: Schema = {"description": description, "headers": {**COMMON_HEADERS, **(headers or {})}}
-    if media_type is not None:
-        response["content"] = {media_type: {"schema": schema or {}}}
-    return response
+@dataclass(frozen=True)
+class Reply:
+    """One documented answer: its description, bodies by media type, and headers."""
+
+    description: str
+    content: Mapping[str, Content] = field(default_factory=dict)
+    headers: Mapping[str, Header] = field(default_factory=dict)
 
 
-def _error(description: str, headers: dict[str, Schema] | None = None) -> Schema:
-    return _response(description, "application/json", _ref("Error"), headers)
+@dataclass(frozen=True)
+class Operation:
+    """What one handler method takes and answers (its summary is the method's docstring)."""
+
+    operation_id: str
+    replies: Mapping[int, Reply]
+    query: type[BaseModel] | None = None
+    body: Content | None = None
+    path: Mapping[str, Schema] = field(default_factory=dict)
+    headers: Mapping[str, Header] = field(default_factory=dict)  # request headers it reads
+    errors: tuple[int, ...] = ()  # statuses answered with the shared error replies
+    error_model: type[BaseModel] = Error  # the body of those replies: each front door has its own
+    description: str | None = None
+    admin: bool = False
+    tags: tuple[str, ...] = ()
 
 
-def _json(description: str, schema: Schema, headers: dict[str, Schema] | None = None) -> Schema:
-    return _response(description, "application/json", schema, headers)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _errors(*statuses: str) -> dict[str, Schema]:
-    return {status: _ref(f"E{status}", "responses") for status in statuses}
+def operation(**declared: Any) -> Callable[[F], F]:
+    """Attach an `Operation` to a handler method, for the document."""
+
+    def mark(method: F) -> F:
+        method.operation = Operation(**declared)  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
-def _components(settings: Settings, voices: list[str]) -> Schema:
-    retry_after = _integer_header("Seconds to wait before retrying", required=True)
-    text = settings.synthesis.max_text_chars
-    voice: Schema = {"type": "string", "description": "A voice id from /voices; empty: the default"}
-    if voices:
-        voice["enum"] = [*voices, ""]
-    presets = [*SPEED_PRESETS, ""]
-    schemas: dict[str, Schema] = {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "additionalProperties": False,
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "code": {"type": "string", "enum": _error_codes()},
-                        "message": {"type": "string", "description": "Safe to show; never internals"},
-                    },
-                }
-            },
-        },
-        "Text": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": text,
-            "description": (
-                f"What to say. At most {text} characters after normalization (NFC, control and "
-                "format characters removed, whitespace collapsed); longer gets 413. Text with "
-                "nothing to speak (empty after normalization, only punctuation) gets 400."
-            ),
-        },
-        "SpeedPreset": {
-            "type": "string",
-            "enum": presets,
-            "description": "A named speed (case-insensitive); empty: normal",
-        },
-        "SpeedRate": {
-            "type": "number",
-            "minimum": MIN_SPEED,
-            "maximum": MAX_SPEED,
-            "description": "Speaking rate: 2 is twice as fast, 0.5 half as fast",
-        },
-        "Speed": {"anyOf": [_ref("SpeedPreset"), _ref("SpeedRate")]},
-        "Voice": voice,
-        "Speaker": {"type": "string", "description": "Speaker name or number, for multi-speaker voices"},
-        "Format": {
-            "type": "string",
-            "enum": [*FORMATS, ""],
-            "description": "Output format (/tts default wav, /tts/stream default pcm); empty: the default",
-        },
-        "SpeechFields": {
-            "type": "object",
-            "required": ["text"],
-            "additionalProperties": False,
-            "properties": {
-                "text": _ref("Text"),
-                "speed": {"anyOf": [_ref("SpeedPreset"), _ref("SpeedRate"), {"type": "null"}]},
-                "voice": {"anyOf": [_ref("Voice"), {"type": "null"}]},
-                "speaker": {"anyOf": [_ref("Speaker"), {"type": "null"}]},
-                "format": {"anyOf": [_ref("Format"), {"type": "null"}]},
-            },
-        },
-        "Synthesis": {
-            "type": "object",
-            "required": [
-                "hash",
-                "text",
-                "speed",
-                "voice",
-                "audio_url",
-                "duration_s",
-                "sample_rate",
-                "cache",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "hash": {"type": "string", "pattern": HASH_PATTERN},
-                "text": {"type": "string", "description": "The normalized text that was spoken"},
-                "speed": {"anyOf": [{"type": "string", "enum": list(SPEED_PRESETS)}, _ref("SpeedRate")]},
-                "voice": {"type": "string"},
-                "audio_url": {"type": "string", "description": "Absolute URL of the WAV"},
-                "duration_s": {"type": "number", "minimum": 0},
-                "sample_rate": {"type": "integer", "minimum": 1},
-                "cache": {"type": "string", "enum": ["l1", "l2", "disk", "miss"]},
-            },
-        },
-        "Voices": {
-            "type": "object",
-            "required": ["default", "voices"],
-            "additionalProperties": False,
-            "properties": {
-                "default": {"type": "string"},
-                "voices": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "language", "sample_rate", "num_speakers", "speakers"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "id": {"type": "string"},
-                            "language": {"type": "string"},
-                            "sample_rate": {"type": "integer", "minimum": 1},
-                            "num_speakers": {"type": "integer", "minimum": 1},
-                            "speakers": {"type": "array", "items": {"type": "string"}},
-                        },
-                    },
-                },
-            },
-        },
-        "Readiness": {
-            "type": "object",
-            "required": ["status", "voices", "providers", "redis"],
-            "additionalProperties": False,
-            "properties": {
-                "status": {"type": "string", "enum": ["ready", "loading", "unready", "draining"]},
-                "voices": {"type": "array", "items": {"type": "string"}},
-                "providers": {"type": "object", "additionalProperties": {"type": "string"}},
-                "redis": {"type": "string", "enum": ["ok", "degraded", "disabled"]},
-                "problem": {"type": "string"},
-            },
-        },
-        "Purge": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "required": ["hash"],
-                    "additionalProperties": False,
-                    "properties": {"hash": {"type": "string", "pattern": HASH_PATTERN}},
-                },
-                {
-                    "type": "object",
-                    "required": ["all"],
-                    "additionalProperties": False,
-                    "properties": {"all": {"const": True}},
-                },
-            ]
-        },
+def declared_operations(handler: type[tornado.web.RequestHandler]) -> dict[str, tuple[Operation, str]]:
+    """The handler's documented methods: (operation, summary) by lower-case method name."""
+    found = {}
+    for method in METHODS:
+        function = getattr(handler, method, None)
+        declared = getattr(function, "operation", None)
+        if isinstance(declared, Operation):
+            summary = (function.__doc__ or "").strip().splitlines()[0] if function.__doc__ else ""
+            found[method] = (declared, summary)
+    return found
+
+
+def path_template(pattern: str, names: Iterable[str]) -> str:
+    """A route's regex as the document writes it: `/audio/([^/]*)\\.wav` is `/audio/{hash}.wav`."""
+    pending = iter(names)
+    path = re.sub(r"\([^)]*\)", lambda _: "{" + next(pending) + "}", pattern.removesuffix("$"))
+    return path.replace("\\.", ".")
+
+
+# -- building the document ---------------------------------------------------------------------------
+
+
+def _models(content: Content | None) -> tuple[type[BaseModel], ...]:
+    if isinstance(content, type):
+        return (content,)
+    if isinstance(content, tuple):
+        return content
+    return ()
+
+
+class _Schemas:
+    """Every model the operations name, written once by pydantic into components/schemas."""
+
+    def __init__(self, operations: Iterable[Operation]) -> None:
+        requests: set[type[BaseModel]] = set()
+        responses: set[type[BaseModel]] = {Error}
+        for op in operations:
+            responses.add(op.error_model)
+            requests.update(_models(op.body))
+            if op.query is not None:
+                requests.add(op.query)
+            for reply in op.replies.values():
+                for content in reply.content.values():
+                    responses.update(_models(content))
+        keys = [(model, "validation") for model in sorted(requests, key=lambda m: m.__name__)]
+        keys += [(model, "serialization") for model in sorted(responses, key=lambda m: m.__name__)]
+        self.refs, top = models_json_schema(keys, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
+        self.components: dict[str, Schema] = top.get("$defs", {})
+
+    def ref(self, model: type[BaseModel], mode: str) -> Schema:
+        return self.refs[(model, mode)]  # type: ignore[index]
+
+    def content(self, content: Content, mode: str) -> Schema:
+        if isinstance(content, dict):
+            return content
+        refs = [self.ref(model, mode) for model in _models(content)]
+        return refs[0] if len(refs) == 1 else {"oneOf": refs}
+
+    def query_parameters(self, model: type[BaseModel]) -> list[Schema]:
+        schema = self.components[model.__name__]
+        required = set(schema.get("required", []))
+        return [
+            {"name": name, "in": "query", "required": name in required, "schema": _without_null(prop)}
+            for name, prop in schema["properties"].items()
+        ]
+
+
+def _resolved(node: Any) -> Any:
+    """The tree with each `component(name)` placeholder as the `$ref` to that component."""
+    if isinstance(node, dict):
+        if COMPONENT in node:
+            # pydantic's title is the field's; the component's own schema says what it is.
+            rest = {key: value for key, value in node.items() if key not in (COMPONENT, "title")}
+            return {"$ref": REF_TEMPLATE.format(model=node[COMPONENT]), **rest}
+        return {key: _resolved(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolved(item) for item in node]
+    return node
+
+
+def _without_null(schema: Schema) -> Schema:
+    """A query argument is never JSON null: absent is how it says "none"."""
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    if rest.get("default", 0) is None:
+        del rest["default"]
+    options = [option for option in schema.get("anyOf", []) if option != {"type": "null"}]
+    if not options:
+        return rest
+    return {**rest, **options[0]} if len(options) == 1 else {**rest, "anyOf": options}
+
+
+def _reply(schemas: _Schemas, reply: Reply) -> Schema:
+    headers = {**COMMON_HEADERS, **reply.headers}
+    answer: Schema = {
+        "description": reply.description,
+        "headers": {name: header.document() for name, header in headers.items()},
     }
-    responses = {
-        "E400": _error(
+    if reply.content:
+        answer["content"] = {
+            media: {"schema": schemas.content(content, "serialization")}
+            for media, content in reply.content.items()
+        }
+    return answer
+
+
+def _error_reference(model: type[BaseModel], status: int) -> str:
+    """The name of a shared error reply: `E400` in the native shape, `OpenAIError400` in another."""
+    return f"E{status}" if model is Error else f"{model.__name__}{status}"
+
+
+def _error_replies(settings: Settings, model: type[BaseModel] = Error) -> dict[int, Reply]:
+    """The shared error answers, each the JSON error body with the headers that status carries."""
+    text, body = settings.synthesis.max_text_chars, settings.server.max_body_bytes
+    json = {"application/json": model}
+
+    def error(description: str, headers: Mapping[str, Header] | None = None) -> Reply:
+        return Reply(description, json, headers or {})
+
+    return {
+        400: error(
             "The request is malformed: a bad field, unknown voice, text with nothing to speak, or "
             "invalid JSON or UTF-8",
             RATE_LIMIT_HEADERS,
         ),
-        "E401": _error(
-            "Missing or wrong X-API-Key",
-            {"WWW-Authenticate": _string_header("How to authenticate", True)},
+        401: error(
+            "Missing or wrong API key: X-API-Key for /admin/; when public API keys are configured, "
+            "Authorization: Bearer <key> or X-API-Key for speech, audio and /v1",
+            {"WWW-Authenticate": Header("How to authenticate", True)},
         ),
-        "E404": _error("No such resource", RATE_LIMIT_HEADERS),
-        "E405": _error(
+        404: error("No such resource", RATE_LIMIT_HEADERS),
+        405: error(
             "The path does not take this method (any method its entry does not list)",
-            {"Allow": _string_header("The methods it takes", True)},
+            {"Allow": Header("The methods it takes", True)},
         ),
-        "E413": _error(
-            f"Text longer than {text} characters, or a body over {settings.server.max_body_bytes} bytes",
-            RATE_LIMIT_HEADERS,
-        ),
-        "E416": _error(
+        413: error(f"Text longer than {text} characters, or a body over {body} bytes", RATE_LIMIT_HEADERS),
+        416: error(
             "The Range lies outside the file",
             {
-                "Content-Range": _string_header("bytes */SIZE", True, pattern=r"^bytes \*/\d+$"),
+                "Content-Range": Header(
+                    "bytes */SIZE", True, {"type": "string", "pattern": r"^bytes \*/\d+$"}
+                ),
                 **RATE_LIMIT_HEADERS,
             },
         ),
-        "E429": _error(
+        429: error(
             "The client's bucket is empty, or it has too many streams open",
-            {"Retry-After": retry_after, **RATE_LIMIT_HEADERS},
+            {**RETRY_AFTER, **RATE_LIMIT_HEADERS},
         ),
-        "E503": _error(
+        503: error(
             "Saturated (too many syntheses in progress), still loading, or storage unavailable",
-            {"Retry-After": retry_after, **RATE_LIMIT_HEADERS},
+            {**RETRY_AFTER, **RATE_LIMIT_HEADERS},
         ),
     }
-    parameters = {
-        "text": {"name": "text", "in": "query", "required": True, "schema": _ref("Text")},
-        "speed": {"name": "speed", "in": "query", "required": False, "schema": _ref("Speed")},
-        "voice": {"name": "voice", "in": "query", "required": False, "schema": _ref("Voice")},
-        "speaker": {"name": "speaker", "in": "query", "required": False, "schema": _ref("Speaker")},
-        "format": {"name": "format", "in": "query", "required": False, "schema": _ref("Format")},
-        "ext": {
-            "name": "ext",
-            "in": "path",
+
+
+def _operation(schemas: _Schemas, declared: Operation, summary: str, method: str) -> Schema:
+    doc: Schema = {"summary": summary, "operationId": declared.operation_id}
+    if declared.description:
+        doc["description"] = declared.description
+    if declared.admin:
+        doc["security"] = [{"ApiKey": []}]
+    tags = [*(["admin"] if declared.admin else []), *declared.tags]
+    if tags:
+        doc["tags"] = tags
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": schema}
+        for name, schema in declared.path.items()
+    ]
+    if declared.query is not None:
+        parameters += schemas.query_parameters(declared.query)
+    parameters += [
+        {"name": name, "in": "header", **header.document()} for name, header in declared.headers.items()
+    ]
+    if parameters:
+        doc["parameters"] = parameters
+    if declared.body is not None:
+        doc["requestBody"] = {
             "required": True,
-            "description": "The audio format's extension",
-            "schema": {"type": "string", "enum": [f.ext for f in FORMATS.values()]},
-        },
-        "hash": {
-            "name": "hash",
-            "in": "path",
-            "required": True,
-            "description": "The hash /tts returned",
-            "schema": {"type": "string", "pattern": HASH_PATTERN},
-        },
+            "content": {"application/json": {"schema": schemas.content(declared.body, "validation")}},
+        }
+    responses = {str(status): _reply(schemas, reply) for status, reply in declared.replies.items()}
+    for status in declared.errors:
+        name = _error_reference(declared.error_model, status)
+        responses[str(status)] = {"$ref": f"#/components/responses/{name}"}
+    doc["responses"] = responses
+    return doc
+
+
+def openapi_document(
+    rules: Iterable[tornado.routing.Rule], settings: Settings, voices: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The document for the routes `rules` of a server running with `settings`, speaking `voices`."""
+    routes = []
+    for rule in rules:
+        declared = declared_operations(rule.target)  # type: ignore[arg-type]
+        if declared:
+            pattern = rule.matcher.regex.pattern  # type: ignore[attr-defined]
+            names = next(iter(declared.values()))[0].path
+            routes.append((path_template(pattern, names), declared))
+    operations = [op for _, declared in routes for op, _ in declared.values()]
+    schemas = _Schemas(operations)
+    paths = {
+        path: {method: _operation(schemas, op, summary, method) for method, (op, summary) in declared.items()}
+        for path, declared in routes
     }
-    return {
-        "schemas": schemas,
-        "responses": responses,
-        "parameters": parameters,
-        "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
-    }
-
-
-def _speech_parameters() -> list[Schema]:
-    return [_ref(name, "parameters") for name in ("text", "speed", "voice", "speaker", "format")]
-
-
-def _audio_content(schema: Schema) -> dict[str, Schema]:
-    return {f.content_type: {"schema": schema} for f in FORMATS.values()}
-
-
-def _audio_operation(summary: str, with_body: bool) -> Schema:
-    wav = {"type": "string", "format": "binary"} if with_body else None
-    file_headers = {
-        "ETag": _string_header("Strong validator of these bytes", True),
-        "Accept-Ranges": _string_header("Single byte ranges are supported", True, enum=["bytes"]),
-        "Cache-Control": _string_header("Public and immutable for the storage TTL", True),
-        "X-Cache": _string_header("Tier that had it", True, enum=["l1", "l2", "disk"]),
-        **RATE_LIMIT_HEADERS,
-    }
-    length = {"Content-Length": _integer_header("Bytes in the (partial) body", True)}
-    content_range = _string_header("bytes START-END/SIZE", True, pattern=r"^bytes \d+-\d+/\d+$")
-    return {
-        "summary": summary,
-        "operationId": "getAudio" if with_body else "headAudio",
-        "parameters": [
-            _ref("hash", "parameters"),
-            _ref("ext", "parameters"),
-            {
-                "name": "Range",
-                "in": "header",
-                "required": False,
-                "description": "One byte range, bytes=START-END, bytes=START- or bytes=-SUFFIX",
-                "schema": {"type": "string"},
-            },
-            {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
-            {"name": "If-Range", "in": "header", "required": False, "schema": {"type": "string"}},
-        ],
-        "responses": {
-            "200": {
-                **_response("The whole file", headers={**file_headers, **length}),
-                "content": _audio_content(wav or {}),
-            },
-            "206": {
-                **_response(
-                    "The requested range", headers={**file_headers, **length, "Content-Range": content_range}
-                ),
-                "content": _audio_content(wav or {}),
-            },
-            "304": _response("If-None-Match matched the ETag", headers=file_headers),
-            **_errors("401", "404", "416", "429"),
-        },
-    }
-
-
-def _paths(settings: Settings) -> Schema:
-    stream_headers = {
-        "X-Audio-Sample-Rate": _integer_header("Samples per second", True),
-        "X-Audio-Channels": _integer_header("Always 1 (mono)", True),
-        "X-Audio-Format": _string_header("Sample format of audio/pcm", enum=["s16le"]),
-        "X-Audio-Hash": _string_header("The audio's hash (its /audio URL once stored)", True),
-        "X-Cache": _string_header("Tier that had it, or miss", True, enum=["l1", "l2", "disk", "miss"]),
-        **RATE_LIMIT_HEADERS,
-    }
-    pcm = {"type": "string", "format": "binary"}
-    admin: Schema = {"security": [{"ApiKey": []}], "tags": ["admin"]}
-    admin_errors = _errors("401", "404")
-    speech_errors = _errors("400", "401", "413", "429", "503")
-    return {
-        "/": {
-            "get": {
-                "summary": "The browser player",
-                "operationId": "player",
-                "responses": {
-                    "200": _response(
-                        "A self-contained page under a strict Content-Security-Policy",
-                        "text/html",
-                        {"type": "string"},
-                        {"Content-Security-Policy": _string_header("Hash-based policy", True)},
-                    )
-                },
-            }
-        },
-        "/tts": {
-            "get": {
-                "summary": "Synthesize (or find) the audio; answers with its URL",
-                "operationId": "ttsGet",
-                "parameters": _speech_parameters(),
-                "responses": {
-                    "200": _json("Stored; audio_url serves it", _ref("Synthesis"), RATE_LIMIT_HEADERS),
-                    **speech_errors,
-                },
-            },
-            "post": {
-                "summary": "As GET, with the fields in a JSON body",
-                "operationId": "ttsPost",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("SpeechFields")}},
-                },
-                "responses": {
-                    "200": _json("Stored; audio_url serves it", _ref("Synthesis"), RATE_LIMIT_HEADERS),
-                    **speech_errors,
-                },
-            },
-        },
-        "/tts/stream": {
-            "get": {
-                "summary": "Audio sent chunk by chunk as it is synthesized",
-                "description": (
-                    "audio/pcm is raw s16le mono; audio/wav has a header with unknown length; the "
-                    "compressed formats are encoded as the audio arrives. An error after the first "
-                    "audio can only close the connection early."
-                ),
-                "operationId": "ttsStream",
-                "parameters": _speech_parameters(),
-                "responses": {
-                    "200": {
-                        **_response("The audio, streamed", headers=stream_headers),
-                        "content": _audio_content(pcm),
-                    },
-                    **speech_errors,
-                },
-            },
-            "post": {
-                "summary": "As GET, with the fields of POST /tts in a JSON body",
-                "operationId": "ttsStreamPost",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("SpeechFields")}},
-                },
-                "responses": {
-                    "200": {
-                        **_response("The audio, streamed", headers=stream_headers),
-                        "content": _audio_content(pcm),
-                    },
-                    **speech_errors,
-                },
-            },
-        },
-        "/audio/{hash}.{ext}": {
-            "get": _audio_operation("Stored audio in any format, with Range and ETag", with_body=True),
-            "head": _audio_operation("Headers only, as for GET", with_body=False),
-        },
-        "/voices": {
-            "get": {
-                "summary": "The voices this server speaks with",
-                "operationId": "voices",
-                "responses": {"200": _json("Voice catalog", _ref("Voices"))},
-            }
-        },
-        "/healthz": {
-            "get": {
-                "summary": "Liveness",
-                "operationId": "healthz",
-                "responses": {
-                    "200": _json(
-                        "The process answers",
-                        {
-                            "type": "object",
-                            "required": ["status"],
-                            "additionalProperties": False,
-                            "properties": {"status": {"const": "ok"}},
-                        },
-                    )
-                },
-            }
-        },
-        "/readyz": {
-            "get": {
-                "summary": "Readiness: voices loaded, not draining",
-                "operationId": "readyz",
-                "responses": {
-                    "200": _json("Ready", _ref("Readiness")),
-                    "503": _json("Loading, unready or draining", _ref("Readiness")),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics",
-                "operationId": "metrics",
-                "responses": {"200": _response("Text exposition format", "text/plain", {"type": "string"})},
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "operationId": "openapi",
-                "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
-            }
-        },
-        "/admin/storage": {
-            "get": {
-                **admin,
-                "summary": "Audio files on this replica's disk, and this worker's L1 size",
-                "operationId": "adminStorage",
-                "responses": {
-                    "200": _json(
-                        "Statistics",
-                        {
-                            "type": "object",
-                            "required": ["disk", "l1_bytes"],
-                            "properties": {
-                                "disk": {
-                                    "type": "object",
-                                    "additionalProperties": {"type": "integer", "minimum": 0},
-                                },
-                                "l1_bytes": {"type": "integer", "minimum": 0},
-                            },
-                        },
-                    ),
-                    **admin_errors,
-                },
-            }
-        },
-        "/admin/cleanup": {
-            "post": {
-                **admin,
-                "summary": "Remove expired audio files now",
-                "operationId": "adminCleanup",
-                "responses": {
-                    "200": _json(
-                        "How many files went",
-                        {
-                            "type": "object",
-                            "required": ["removed"],
-                            "additionalProperties": False,
-                            "properties": {"removed": {"type": "integer", "minimum": 0}},
-                        },
-                    ),
-                    **admin_errors,
-                },
-            }
-        },
-        "/admin/audio/{hash}": {
-            "delete": {
-                **admin,
-                "summary": "Delete one entry from every tier",
-                "operationId": "adminDeleteAudio",
-                "parameters": [_ref("hash", "parameters")],
-                "responses": {
-                    "200": _json(
-                        "Gone (or was never there)",
-                        {
-                            "type": "object",
-                            "required": ["deleted"],
-                            "additionalProperties": False,
-                            "properties": {"deleted": {"type": "string", "pattern": HASH_PATTERN}},
-                        },
-                    ),
-                    **admin_errors,
-                },
-            }
-        },
-        "/admin/purge": {
-            "post": {
-                **admin,
-                "summary": "Purge one hash, or everything",
-                "operationId": "adminPurge",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Purge")}}},
-                "responses": {
-                    "200": _json(
-                        "Purged",
-                        {
-                            "oneOf": [
-                                {
-                                    "type": "object",
-                                    "required": ["purged"],
-                                    "additionalProperties": False,
-                                    "properties": {"purged": {"type": "string", "pattern": HASH_PATTERN}},
-                                },
-                                {
-                                    "type": "object",
-                                    "required": ["purged", "removed"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "purged": {"const": "all"},
-                                        "removed": {
-                                            "type": "object",
-                                            "additionalProperties": {"type": "integer", "minimum": 0},
-                                        },
-                                    },
-                                },
-                            ]
-                        },
-                    ),
-                    **_errors("400", "401", "404"),
-                },
-            }
-        },
-        "/admin/runtime": {
-            "get": {
-                **admin,
-                "summary": "This worker's moving parts (tasks, slots, connections), to spot leaks",
-                "operationId": "adminRuntime",
-                "responses": {"200": _json("Counters", {"type": "object"}), **admin_errors},
-            }
-        },
-        "/admin/config": {
-            "get": {
-                **admin,
-                "summary": "The effective configuration, secrets masked",
-                "operationId": "adminConfig",
-                "responses": {"200": _json("Configuration", {"type": "object"}), **admin_errors},
-            }
-        },
-    }
-
-
-def openapi_document(settings: Settings, voices: list[str] | None = None) -> dict[str, Any]:
-    """The OpenAPI document for a server running with `settings` and speaking `voices`."""
-    return {
+    errors = {_error_reference(Error, status): reply for status, reply in _error_replies(settings).items()}
+    for op in operations:  # another front door's shape: the replies its operations name
+        if op.error_model is not Error:
+            replies = _error_replies(settings, op.error_model)
+            errors.update({_error_reference(op.error_model, status): replies[status] for status in op.errors})
+    document = {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "Text-to-speech server",
             "version": "1",
             "description": (
-                'Every error is JSON: {"error": {"code", "message"}}. A method a path does not '
+                'Every error is JSON: {"error": {"code", "message"}}, and on /v1 OpenAI\'s '
+                '{"error": {"message", "type", "param", "code"}}. A method a path does not '
                 "list answers 405 with an Allow header. Speech and audio requests are rate-limited "
                 "per client (address, or API key): 429 with Retry-After and RateLimit-* headers. "
+                "When public API keys are configured, speech, audio and /v1 need one "
+                "(Authorization: Bearer <key> or X-API-Key). "
                 f"Request bodies over {settings.server.max_body_bytes} bytes get 413."
             ),
         },
         "servers": [{"url": settings.server.public_url.rstrip("/") or "/"}],
-        "tags": [{"name": "admin", "description": "Needs X-API-Key; 404 when no keys are configured"}],
-        "paths": {**_paths(settings), **_openai_paths()},
-        "components": _with_openai_schemas(_components(settings, list(voices or []))),
-    }
-
-
-_OPENAI_MODELS: Final = {
-    "OpenAISpeech": SpeechBody,
-    "OpenAIModelList": ModelList,
-    "OpenAIAudioModels": AudioModels,
-    "OpenAIAudioVoices": AudioVoices,
-    "OpenAIError": ErrorBody,
-}
-
-
-def _with_openai_schemas(components: Schema) -> Schema:
-    """Add the OpenAI dialect's schemas, generated from its pydantic models."""
-    schemas = components["schemas"]
-    for name, model in _OPENAI_MODELS.items():
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[name] = schema
-    return components
-
-
-def _openai_paths() -> Schema:
-    retry_after = _integer_header("Seconds to wait before retrying", required=True)
-
-    def error(description: str, headers: dict[str, Schema] | None = None) -> Schema:
-        return _response(description, "application/json", _ref("OpenAIError"), headers)
-
-    limited = {**RATE_LIMIT_HEADERS}
-    stream_headers = {
-        "X-Audio-Sample-Rate": _integer_header("Samples per second", True),
-        "X-Audio-Channels": _integer_header("Always 1 (mono)", True),
-        "X-Audio-Format": _string_header("Sample format of audio/pcm", enum=["s16le"]),
-        "X-Audio-Hash": _string_header("The audio's hash (its /audio URL once stored)", True),
-        "X-Cache": _string_header("Tier that had it, or miss", True, enum=["l1", "l2", "disk", "miss"]),
-        **RATE_LIMIT_HEADERS,
-    }
-    binary = {"type": "string", "format": "binary"}
-    audio = {**_audio_content(binary), "text/event-stream": {"schema": {"type": "string"}}}
-
-    def listing(summary: str, operation_id: str, schema: str) -> Schema:
-        return {
-            "get": {
-                "summary": summary,
-                "operationId": operation_id,
-                "tags": ["openai"],
-                "responses": {"200": _json(summary, _ref(schema))},
-            }
-        }
-
-    return {
-        "/v1/audio/speech": {
-            "post": {
-                "summary": "OpenAI-compatible speech: the encoded audio, streamed, or SSE events",
-                "operationId": "openaiSpeech",
-                "tags": ["openai"],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("OpenAISpeech")}},
-                },
-                "responses": {
-                    "200": {**_response("The audio, streamed", headers=stream_headers), "content": audio},
-                    "400": error("A bad field (param names it), unknown model or voice", limited),
-                    "401": error(
-                        "Public API keys are on and none was sent (Authorization: Bearer or X-API-Key)",
-                        {"WWW-Authenticate": _string_header("How to authenticate", True)},
-                    ),
-                    "413": error("Input or body too long", limited),
-                    "429": error("Rate limited", {"Retry-After": retry_after, **limited}),
-                    "503": error("Busy or not ready", {"Retry-After": retry_after, **limited}),
-                },
-            }
+        "tags": [
+            {"name": "admin", "description": "Needs X-API-Key; 404 when no keys are configured"},
+            {"name": "openai", "description": "OpenAI-compatible: the official SDKs work against /v1"},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": {
+                **schemas.components,
+                **server_schemas(settings.synthesis.max_text_chars, list(voices)),
+            },
+            "responses": {name: _reply(schemas, reply) for name, reply in errors.items()},
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },
-        "/v1/models": listing("OpenAI's model list", "openaiModels", "OpenAIModelList"),
-        "/v1/audio/models": listing("The speech models", "openaiAudioModels", "OpenAIAudioModels"),
-        "/v1/audio/voices": listing("The voices", "openaiAudioVoices", "OpenAIAudioVoices"),
     }
+    return _resolved(document)  # type: ignore[no-any-return]
+
+
+def _as_30(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_as_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _as_30(value) for key, value in node.items() if key != "const"}
+    if "const" in node:
+        converted["enum"] = [node["const"]]
+    options = converted.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        del converted["anyOf"]
+        converted.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
+        converted["nullable"] = True
+    if "$ref" in converted and len(converted) > 1:
+        # 3.0 ignores a $ref's siblings; keep them by wrapping the reference.
+        converted = {"allOf": [{"$ref": converted.pop("$ref")}], **converted}
+    return converted
+
+
+def openapi_30(document: dict[str, Any]) -> dict[str, Any]:
+    """The same document in OpenAPI 3.0 terms, for viewers that read no 3.1 (Swagger UI 4).
+
+    What this API's schemas use of 3.1 has a 3.0 spelling: `const` is a one-value `enum`, a
+    `{"type": "null"}` alternative is `nullable`. /openapi.json stays the 3.1 original.
+    """
+    converted: dict[str, Any] = _as_30(document)
+    converted["openapi"] = "3.0.3"
+    return converted

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from server.audio.formats import rendition_suffixes
+from server.audio.formats import rendition_content_types
 from server.auth import KeyRing
 from server.cache.disk import DiskStore
+from server.cache.journal import Journal
 from server.cache.memory import MemoryCache
 from server.cache.redis import RedisCache
+from server.cache.s3 import ObjectStore, StoreMisconfigured
 from server.cache.tiers import TieredCache
-from server.clients import Network, parse_networks
+from server.clients import Network, default_allowed_hosts, host_name, parse_networks
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 from server.renditions import Renditions
@@ -53,6 +55,7 @@ class Services:
     keyring: KeyRing
     limiter: RateLimiter
     trusted_proxies: tuple[Network, ...]
+    allowed_hosts: frozenset[str]
     api_keys: KeyRing  # public keys for /tts*, /audio*, /v1/*; off when none are configured
     streams_by_client: Counter[str] = field(default_factory=Counter)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -62,11 +65,22 @@ class Services:
         metrics = Metrics()
         catalog = VoiceCatalog(settings)
         redis = RedisCache(settings.redis, on_error=metrics.redis_errors.inc)
+        store = ObjectStore(
+            settings.s3, enabled=settings.storage.backend == "s3", on_error=metrics.store_errors.inc
+        )
+        disk = DiskStore(settings.storage)
+        journal = Journal(
+            disk.root, settings.storage.journal_max_entries, on_drop=metrics.journal_dropped.inc
+        )
         cache = TieredCache(
             MemoryCache(settings.cache.l1_max_bytes),
             redis,
-            DiskStore(settings.storage),
-            suffixes=rendition_suffixes(),
+            disk,
+            store,
+            journal,
+            store_refresh_s=settings.s3.refresh_interval_s,
+            content_types=rendition_content_types(),
+            on_replay=lambda tier: metrics.journal_replayed.labels(tier).inc(),
         )
         synthesis = settings.synthesis
         scheduler = Scheduler(
@@ -92,25 +106,68 @@ class Services:
             KeyRing(settings.admin_api_keys),
             limiter,
             parse_networks(settings.server.trusted_proxies),
+            frozenset(host_name(h) for h in settings.server.allowed_hosts) or default_allowed_hosts(),
             KeyRing(settings.api_keys),
         )
 
     @property
     def ready(self) -> bool:
-        return self.catalog.ready and not self.lifecycle.draining
+        store = self.cache.store
+        verified = store is None or store.verified
+        return self.catalog.ready and not self.lifecycle.draining and verified
 
     async def start(self) -> None:
         """Load voices off the loop; failures leave the worker alive but unready, and logged."""
         self._tasks.append(asyncio.ensure_future(self._clean_periodically()))
         self._tasks.append(asyncio.ensure_future(self.cache.follow_invalidations()))
+        self._tasks.append(asyncio.ensure_future(self._probe_periodically()))
+        if self.cache.store is not None:
+            self._tasks.append(asyncio.ensure_future(self._check_store()))
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.catalog.load)
         except Exception as exc:
             self.catalog.problem = f"voice loading failed: {exc}"
             logger.exception("voice loading failed")
         self.speech.loaded()
-        if self.cache.redis.enabled:
-            await self.cache.redis.ping()  # logs once if Redis is down; never blocks readiness
+
+    async def _probe_periodically(self) -> None:
+        """PING Redis every few seconds, so /readyz follows Redis whatever traffic we see.
+
+        The ping goes through the same timeouts and breaker as every other call: while the
+        breaker is open it is skipped, and the first ping after it closes restores `ok`.
+        """
+        interval = self.settings.redis.probe_interval_s
+        while True:
+            if self.cache.redis.enabled:
+                await self.cache.redis.ping()
+            try:
+                await self.cache.replay()  # entries minted during an outage, now that tiers may be back
+            except OSError as exc:
+                logger.warning("journal replay failed: {}", exc)
+            await asyncio.sleep(interval)
+
+    async def _check_store(self) -> None:
+        """Until the bucket answers, stay unready and retry with backoff; then probe it like Redis.
+
+        A restart during a store outage must not take the fleet down, so unreachable never exits;
+        a missing or forbidden bucket was already refused before the workers started.
+        """
+        store = self.cache.store
+        assert store is not None
+        delay = 0.5
+        while not store.verified:
+            try:
+                if await store.check():
+                    logger.info("object store ready: {}", store.where)
+                    break
+            except StoreMisconfigured as exc:
+                logger.error("{}", exc)  # it went away after start-up: report, keep retrying
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        while True:
+            await asyncio.sleep(self.settings.redis.probe_interval_s)
+            with contextlib.suppress(StoreMisconfigured):
+                await store.check()
 
     async def _clean_periodically(self) -> None:
         interval = self.settings.storage.cleanup_interval_s

@@ -1,10 +1,13 @@
 """SpeechService: a parsed request in, cached or freshly synthesized audio out.
 
 Every miss becomes one `Flight`: a synthesis shared by all concurrent requests for the same key
-(single-flight). A flight phonemizes the text, plans chunks, and runs them one by one through the
-scheduler, which may run a chunk in one batch with other flights' chunks of the same voice and
-speed; subscribers (streams and `/tts` calls) read its chunks as they arrive. When it
-completes, the WAV goes into the cache tiers; when its last stream goes away first, it stops.
+(single-flight). A flight phonemizes the text into whole-sentence utterances; for each, the
+encoder runs once (a scheduler job), then its audio is made window by window (one job each),
+every job with the flight's deadline, so a new stream's first window overtakes the windows of
+streams that still have audio buffered. The scheduler may batch jobs of equal shape from
+different flights. Subscribers (streams and `/tts` calls) read the chunks (one a window) as they
+arrive. When it completes, the WAV goes into the cache tiers; when its last stream goes away
+first, it stops. A voice whose graph did not split synthesizes each utterance in one job.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 from loguru import logger
 
@@ -39,8 +42,9 @@ from server.request import SpeechRequest
 from server.settings import SynthesisSettings
 from server.synthesis.catalog import VoiceCatalog
 from server.synthesis.scheduler import Admission, Scheduler
-from server.synthesis.text import Chunk, plan_chunks
+from server.synthesis.text import Utterance, plan_utterances
 from server.synthesis.voice import Voice
+from server.synthesis.windows import Encoded, Window, window_bounds
 
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
 LOCK_POLL_S: Final = 0.05
@@ -49,11 +53,28 @@ STARTUP_WAIT_S: Final = 30.0
 
 @dataclass(frozen=True)
 class _Part:
-    """One chunk of one flight, as it travels through a (perhaps shared) inference call."""
+    """One piece of audio work of one flight, as it travels through a (perhaps shared) call.
 
-    chunk: Chunk
+    For a windowed voice it is one window of an encoded utterance; otherwise a whole utterance.
+    """
+
+    ids: tuple[int, ...]
     speaker_id: int | None
-    last: bool
+    fade_in: bool  # the utterance starts here
+    fade_out: bool  # the utterance ends here
+    silence_after: bool  # a sentence ends here and another follows
+    window: Window | None = None
+    encode_s: float = 0.0  # the encoder's time for this utterance, counted with its first window
+
+
+@dataclass(frozen=True)
+class SentenceFrames:
+    """Frames per phoneme id of one utterance and where its audio starts (for word timings)."""
+
+    ids: tuple[int, ...]
+    frames: tuple[int, ...]  # the duration Ceil: frames for each id
+    hop: int  # samples per frame
+    start_sample: int  # the utterance's first sample in the flight's PCM
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,8 @@ class Flight:
         self.sample_rate = sample_rate
         self.created = created
         self.chunks: list[bytes] = []
+        self.sentences: list[SentenceFrames] = []  # filled as each utterance is encoded
+        self.pcm_bytes = 0
         self.finished = False
         self.error: TTSError | None = None
         self.wav = b""
@@ -102,6 +125,7 @@ class Flight:
 
     def append(self, pcm: bytes) -> None:
         self.chunks.append(pcm)
+        self.pcm_bytes += len(pcm)
         self._notify()
 
     def finish(self, wav: bytes) -> None:
@@ -211,7 +235,8 @@ class SpeechService:
 
     def _render_params(self) -> tuple[float, ...]:
         s = self._settings
-        return (s.gain, s.sentence_silence_s, s.fade_ms, s.first_chunk_max_phonemes, s.chunk_max_phonemes)
+        windows = (s.first_window_frames, s.window_frames) if s.windowed else (0, 0)
+        return (s.gain, s.sentence_silence_s, s.fade_ms, *windows, s.max_sentence_phonemes)
 
     def loaded(self) -> None:
         """Voice loading ended (ready or not): requests waiting for it go on."""
@@ -227,26 +252,27 @@ class SpeechService:
         if not self.catalog.ready:
             raise NotReady(self.catalog.problem or "voices are still loading", retry_after_s=2)
 
-    async def _resolve(self, request: SpeechRequest) -> tuple[Voice, int | None, str]:
+    async def _resolve(self, request: SpeechRequest) -> tuple[Voice, int | None, float, str]:
         await self._until_ready()
         voice = self.catalog.get(request.voice)
         try:
             speaker_id = voice.speaker_id(request.speaker)
         except KeyError:
             raise InvalidRequest(f"unknown speaker {request.speaker!r} for voice {voice.voice_id}") from None
+        length_scale = request.length_scale * voice.length_scale  # the voice's own rate, then the speed
         key = audio_key(
             KeyParts(
                 voice.voice_id,
                 voice.digest,
                 speaker_id,
                 request.text,
-                request.length_scale,
+                length_scale,
                 voice.noise_scale,
                 voice.noise_w,
                 self._render_params(),
             )
         )
-        return voice, speaker_id, key
+        return voice, speaker_id, length_scale, key
 
     async def _lookup(self, key: str):
         hit = await self.cache.get(key)
@@ -258,13 +284,13 @@ class SpeechService:
 
     async def synthesize(self, request: SpeechRequest, client: str = "") -> Audio:
         """The whole WAV, stored where a URL can reach it (for `/tts`)."""
-        voice, speaker_id, key = await self._resolve(request)
+        voice, speaker_id, length_scale, key = await self._resolve(request)
         hit = await self._lookup(key)
         if hit is not None:
             self.cache.keep_alive(key, hit.wav)
             return Audio(key, hit.wav, hit.tier)
-        await self._charge(key, client)
-        flight = self._join(key, request, voice, speaker_id)
+        await self._charge(key, client, len(request.text))
+        flight = self._join(key, request, voice, speaker_id, length_scale)
         flight.unbounded = True
         flight.took(len(flight.chunks))
         flight.subscribers += 1
@@ -282,12 +308,12 @@ class SpeechService:
 
     async def stream(self, request: SpeechRequest, client: str = "") -> Stream:
         """A stream of PCM for `/tts/stream`: cached bytes at once, or a live flight."""
-        voice, speaker_id, key = await self._resolve(request)
+        voice, speaker_id, length_scale, key = await self._resolve(request)
         hit = await self._lookup(key)
         if hit is not None:
             return Stream(self, key, voice.sample_rate, hit.tier, cached=hit.wav)
-        await self._charge(key, client)
-        flight = self._join(key, request, voice, speaker_id)
+        await self._charge(key, client, len(request.text))
+        flight = self._join(key, request, voice, speaker_id, length_scale)
         flight.subscribers += 1
         return Stream(self, key, voice.sample_rate, MISS, flight=flight)
 
@@ -300,22 +326,26 @@ class SpeechService:
             raise NotFound("no such audio (unknown or expired)")
         return Audio(key, hit.wav, hit.tier)
 
-    async def _charge(self, key: str, client: str) -> None:
-        """A new synthesis costs a token from the client's synthesis bucket; joining one is free."""
+    async def _charge(self, key: str, client: str, text_chars: int) -> None:
+        """A new synthesis costs tokens by its length from the synthesis bucket; joining one is free."""
         if not client or not self._limiter.enabled or key in self._flights:
             return
-        decision = await self._limiter.take(client, SYNTHESIS)
+        decision = await self._limiter.take(client, SYNTHESIS, self._limiter.synthesis_cost(text_chars))
         if not decision.allowed:
             raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
 
-    def _join(self, key: str, request: SpeechRequest, voice: Voice, speaker_id: int | None) -> Flight:
+    def _join(
+        self, key: str, request: SpeechRequest, voice: Voice, speaker_id: int | None, length_scale: float
+    ) -> Flight:
         flight = self._flights.get(key)
         if flight is not None and flight.error is None and not flight.abandoned:
             return flight
         admission = self.scheduler.admit()  # raises Overloaded before anything starts
         flight = Flight(key, voice.sample_rate, asyncio.get_running_loop().time())
         self._flights[key] = flight
-        flight.task = asyncio.ensure_future(self._produce(flight, request, voice, speaker_id, admission))
+        flight.task = asyncio.ensure_future(
+            self._produce(flight, request, voice, speaker_id, length_scale, admission)
+        )
         return flight
 
     def unsubscribe(self, flight: Flight) -> None:
@@ -335,6 +365,7 @@ class SpeechService:
         request: SpeechRequest,
         voice: Voice,
         speaker_id: int | None,
+        length_scale: float,
         admission: Admission,
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -350,41 +381,14 @@ class SpeechService:
                     flight.stored.set_result(True)
                     return
                 sentences = await loop.run_in_executor(self._text_pool, voice.phonemize, request.text)
-                plan = plan_chunks(
-                    sentences, self._settings.first_chunk_max_phonemes, self._settings.chunk_max_phonemes
-                )
+                plan = plan_utterances(sentences, self._settings.max_sentence_phonemes)
                 if not plan:
                     raise InvalidRequest("text has nothing to speak", param="text")
-                first_at = 0.0
-                audio_s = 0.0
-                seconds_per_phoneme = 0.0  # this flight's measured inference cost
-                for index, chunk in enumerate(plan):
-                    await flight.room_for(index, self._settings.lookahead_chunks)
-                    if flight.abandoned:
-                        raise asyncio.CancelledError
-                    # A later chunk must *finish* before the listener runs dry, so it has to start
-                    # its own (estimated) inference time earlier than that moment.
-                    run_dry_at = first_at + audio_s
-                    estimate = seconds_per_phoneme * len(chunk.phonemes)
-                    deadline = flight.created if index == 0 else run_dry_at - estimate
-                    part = _Part(chunk, speaker_id, last=index == len(plan) - 1)
-                    self._metrics.queue_depth.inc()
-                    try:
-                        pcm, compute_s = await self.scheduler.run_batched(
-                            partial(self._render, voice, request.length_scale),
-                            part,
-                            deadline,
-                            key=(voice.voice_id, request.length_scale),
-                            size=len(chunk.phonemes) + 2,
-                            limit=voice.batch_limit,
-                        )
-                    finally:
-                        self._metrics.queue_depth.dec()
-                    if index == 0:
-                        first_at = loop.time()
-                    seconds_per_phoneme = compute_s / max(1, len(chunk.phonemes))
-                    audio_s += duration_s(voice.sample_rate, len(pcm))
-                    flight.append(pcm)
+                pacer = _Pacer(flight, loop, self._settings.lookahead_chunks)
+                for index, utterance in enumerate(plan):
+                    await self._utterance(
+                        flight, voice, speaker_id, length_scale, utterance, index == len(plan) - 1, pacer
+                    )
                     if lock_token is not None:
                         await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
             finally:
@@ -407,6 +411,107 @@ class SpeechService:
                 del self._flights[flight.key]
             if lock_token is not None:
                 await self.cache.redis.release_lock(flight.key, lock_token)
+
+    async def _utterance(
+        self,
+        flight: Flight,
+        voice: Voice,
+        speaker_id: int | None,
+        length_scale: float,
+        utterance: Utterance,
+        last: bool,
+        pacer: _Pacer,
+    ) -> None:
+        """One utterance: the encoder once, then its windows in order (or one whole-utterance job)."""
+        ids = tuple(voice.phoneme_ids(utterance.phonemes))
+        silence_after = utterance.ends_sentence and not last
+        scale_key = (voice.voice_id, length_scale)
+        if voice.windows is None:
+            part = _Part(ids, speaker_id, True, True, silence_after)
+            await self._job(
+                flight,
+                pacer,
+                partial(self._render, voice, length_scale),
+                part,
+                ("whole", *scale_key),
+                len(ids),
+                voice.batch_limit,
+                len(ids),
+            )
+            return
+        await pacer.room()
+        encoded, encode_s = await self._job(
+            flight,
+            pacer,
+            partial(self._encode, voice, length_scale),
+            (ids, speaker_id),
+            ("encode", *scale_key),
+            len(ids),
+            voice.batch_limit,
+            None,
+        )
+        start_sample = flight.pcm_bytes // 2
+        flight.sentences.append(
+            SentenceFrames(ids, tuple(int(f) for f in encoded.durations), voice.windows.hop, start_sample)
+        )
+        s = self._settings
+        if flight.unbounded:  # a file: nobody listens while it is made, so one window is fastest
+            bounds = [(0, encoded.frames)]
+        else:
+            first = s.first_window_frames if not flight.chunks else s.window_frames
+            bounds = window_bounds(encoded.frames, first, s.window_frames)
+        margins = (voice.windows.flow_margin, voice.windows.decoder_margin)
+        for number, (start, end) in enumerate(bounds):
+            window = Window(encoded, start, end)
+            flow_start, flow_end, dec_start, dec_end = window.spans(*margins)
+            part = _Part(
+                ids,
+                speaker_id,
+                fade_in=number == 0,
+                fade_out=number == len(bounds) - 1,
+                silence_after=silence_after and number == len(bounds) - 1,
+                window=window,
+                encode_s=encode_s if number == 0 else 0.0,
+            )
+            await self._job(
+                flight,
+                pacer,
+                partial(self._render_windows, voice),
+                part,
+                ("window", voice.voice_id, flow_end - flow_start, dec_end - dec_start),
+                dec_end - dec_start,
+                voice.batch_limit,
+                end - start,
+            )
+
+    async def _job(
+        self,
+        flight: Flight,
+        pacer: _Pacer,
+        run_many: Any,
+        item: Any,
+        key: tuple[Any, ...],
+        size: int,
+        limit: int,
+        frames: int | None,
+    ) -> Any:
+        """One scheduler job with the flight's deadline; audio jobs (`frames` given) append their PCM."""
+        if frames is not None:
+            await pacer.room()
+        deadline = pacer.deadline(frames or 0)
+        self._metrics.queue_depth.inc()
+        try:
+            result, compute_s = await self.scheduler.run_batched(
+                run_many, item, deadline, key=key, size=size, limit=limit
+            )
+        finally:
+            self._metrics.queue_depth.dec()
+        if frames is None:
+            pacer.encoded(compute_s)
+            return result, compute_s
+        pacer.played(len(result), compute_s, frames, flight.sample_rate)
+        flight.append(result)
+        return result
 
     async def _claim(self, key: str) -> tuple[bytes | None, str | None]:
         """Cross-replica single-flight: (bytes another replica made, None) or (None, our lock token).
@@ -439,31 +544,53 @@ class SpeechService:
                         return wav, None
                     break  # the holder died or gave up: try to take the lock
 
+    def _encode(
+        self, voice: Voice, length_scale: float, items: list[tuple[tuple[int, ...], int | None]]
+    ) -> list[tuple[Encoded, float]]:
+        """Blocking, in an inference thread: the encoder for several utterances in one call."""
+        started = time.perf_counter()
+        encoded = voice.encode([ids for ids, _ in items], length_scale, [sid for _, sid in items])
+        elapsed = time.perf_counter() - started
+        return [(e, elapsed) for e in encoded]
+
     def _render(self, voice: Voice, length_scale: float, parts: list[_Part]) -> list[tuple[bytes, float]]:
-        """Blocking, in an inference thread: chunks to faded PCM in one call, with its compute time.
+        """Blocking, in an inference thread: whole utterances to PCM in one stock-graph call."""
+        started = time.perf_counter()
+        outputs = voice.infer_batch(
+            [part.ids for part in parts], length_scale, [part.speaker_id for part in parts]
+        )
+        return self._pcm(voice, parts, outputs, time.perf_counter() - started)
+
+    def _render_windows(self, voice: Voice, parts: list[_Part]) -> list[tuple[bytes, float]]:
+        """Blocking, in an inference thread: windows (of equal shape) to PCM in one flow and decoder call."""
+        assert voice.windows is not None
+        started = time.perf_counter()
+        outputs = voice.windows.render([part.window for part in parts if part.window is not None])
+        return self._pcm(voice, parts, outputs, time.perf_counter() - started)
+
+    def _pcm(
+        self, voice: Voice, parts: list[_Part], outputs: list[Any], elapsed: float
+    ) -> list[tuple[bytes, float]]:
+        """Faded PCM for each part, with the call's compute time; metrics share the time out by samples.
 
         Every part gets the whole call's time: that is how long its flight waited for it, which is
-        what the flight's deadline estimate needs. Metrics share the time out by phonemes.
+        what the flight's deadline estimate needs.
         """
-        started = time.perf_counter()
-        rows = [voice.phoneme_ids(part.chunk.phonemes) for part in parts]
-        outputs = voice.infer_batch(rows, length_scale, [part.speaker_id for part in parts])
-        elapsed = time.perf_counter() - started
         fade = int(voice.sample_rate * self._settings.fade_ms / 1000)
         m = self._metrics
         m.batch_size.observe(len(parts))
-        total_ids = sum(len(row) for row in rows)
+        total = sum(samples.size for samples in outputs) or 1
         rendered: list[tuple[bytes, float]] = []
-        for part, row, samples in zip(parts, rows, outputs, strict=True):
-            pcm = to_pcm16(samples, self._settings.gain, fade)
+        for part, samples in zip(parts, outputs, strict=True):
+            pcm = to_pcm16(samples, self._settings.gain, fade, fade_in=part.fade_in, fade_out=part.fade_out)
             seconds = samples.size / voice.sample_rate
-            share = elapsed * len(row) / total_ids
+            share = elapsed * samples.size / total + part.encode_s
             m.inferences.labels(voice.voice_id).inc()
             m.synthesis_seconds.labels(voice.voice_id).observe(share)
             m.audio_seconds.labels(voice.voice_id).inc(seconds)
             if seconds > 0:
                 m.real_time_factor.labels(voice.voice_id).observe(share / seconds)
-            if part.chunk.ends_sentence and not part.last:
+            if part.silence_after:
                 pcm += silence(voice.sample_rate, self._settings.sentence_silence_s)
             rendered.append((pcm, elapsed))
         return rendered
@@ -474,3 +601,43 @@ class SpeechService:
                 flight.task.cancel()
         await asyncio.gather(*(f.task for f in self._flights.values() if f.task), return_exceptions=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Pacer:
+    """A flight's deadlines: when its next job must start so the listener never runs dry.
+
+    The first job's deadline is the flight's arrival, so a new stream's encoder and first window
+    go before the windows of streams that still have audio buffered. Later jobs must *finish*
+    before the audio made so far has played, so they start their estimated compute time earlier.
+    """
+
+    def __init__(self, flight: Flight, loop: asyncio.AbstractEventLoop, lookahead: int) -> None:
+        self._flight = flight
+        self._loop = loop
+        self._lookahead = lookahead
+        self._first_at: float | None = None
+        self._audio_s = 0.0
+        self._seconds_per_frame = 0.0  # measured from this flight's own windows
+        self._encode_s = 0.0
+
+    async def room(self) -> None:
+        """Flow control: produce at most `lookahead` chunks ahead of the fastest reader."""
+        flight = self._flight
+        await flight.room_for(len(flight.chunks), self._lookahead)
+        if flight.abandoned:
+            raise asyncio.CancelledError
+
+    def deadline(self, frames: int) -> float:
+        if self._first_at is None:
+            return self._flight.created
+        estimate = self._seconds_per_frame * frames if frames else self._encode_s
+        return self._first_at + self._audio_s - estimate
+
+    def encoded(self, compute_s: float) -> None:
+        self._encode_s = compute_s
+
+    def played(self, pcm_bytes: int, compute_s: float, frames: int, sample_rate: int) -> None:
+        if self._first_at is None:
+            self._first_at = self._loop.time()
+        self._seconds_per_frame = compute_s / max(1, frames)
+        self._audio_s += duration_s(sample_rate, pcm_bytes)

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from server.services import Services
 
 TICK_S = 0.25
+# Past this Tornado can only drop the connection; up to it, BaseHandler answers 414 or 431 against
+# server.max_header_bytes with a JSON error.
+HEADER_HARD_CAP_BYTES = 1 << 20
 
 
 def create_app() -> tornado.web.Application:
@@ -57,7 +60,7 @@ def make_http_server(app: tornado.web.Application, settings: Settings) -> HTTPSe
         # is enforced there); past it Tornado can only drop the connection without an answer.
         max_body_size=max(4 * server.max_body_bytes, 1 << 20),
         max_buffer_size=max(server.max_body_bytes, 1 << 20),
-        max_header_size=server.max_header_bytes,
+        max_header_size=max(HEADER_HARD_CAP_BYTES, 4 * server.max_header_bytes),
         idle_connection_timeout=server.idle_connection_timeout_s,
         body_timeout=server.body_timeout_s,
     )

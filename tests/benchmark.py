@@ -39,9 +39,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 # Heavy imports (the server, onnxruntime, tornado, psutil) stay inside the functions that need
 # them, so the load generator and the bare app start quickly and carry none of the server's code.
@@ -292,15 +292,19 @@ def run_bare_tornado(args: argparse.Namespace) -> None:
 @dataclass
 class FloorTiming:
     phonemize_s: float
-    first_s: float  # inference of the first chunk only
-    total_s: float  # inference of every chunk, one after another
-    largest_s: float  # the slowest single chunk
+    first_s: float  # first audio: the split parts' encoder, first flow and first decoder window
+    total_s: float  # the stock graph over every sentence, one after another
+    largest_s: float  # the slowest single sentence
     audio_s: float
     chunks: int
 
 
 class Floor:
-    """The project's own voice, chunk plan and thread count, without HTTP, cache or scheduler."""
+    """The project's own voice, sentence plan and thread count, without HTTP, cache or scheduler.
+
+    Whole files are timed on the stock graph one sentence at a time; first audio on the split
+    parts (encoder, first flow window, first decoder window), as issue 13 defines the floor.
+    """
 
     def __init__(self) -> None:
         from server.settings import Settings, load_settings
@@ -319,13 +323,22 @@ class Floor:
             intra_op_threads=self.settings.intra_op_threads(),
             cuda_device_id=self.settings.synthesis.cuda_device_id,
         )
-        self.voice = Voice.load(files, options)
+        self.voice = Voice.load(files, replace(options, windowed=False))
+        self.parts = Voice.load(
+            files,
+            replace(
+                options,
+                first_window_frames=self.settings.synthesis.first_window_frames,
+                window_frames=self.settings.synthesis.window_frames,
+            ),
+        )
         self.threads = options.intra_op_threads
         self.measure("Warm up.")
 
     def measure(self, text: str) -> FloorTiming:
         from server.request import parse_speech_request
-        from server.synthesis.text import plan_chunks
+        from server.synthesis.text import plan_utterances
+        from server.synthesis.windows import Window, window_bounds
 
         synthesis = self.settings.synthesis
         request = parse_speech_request(
@@ -335,19 +348,30 @@ class Floor:
         started = time.perf_counter()
         sentences = voice.phonemize(request.text)
         phonemize_s = time.perf_counter() - started
-        plan = plan_chunks(sentences, synthesis.first_chunk_max_phonemes, synthesis.chunk_max_phonemes)
-        ids = [voice.phoneme_ids(chunk.phonemes) for chunk in plan]
+        plan = plan_utterances(sentences, synthesis.max_sentence_phonemes)
+        ids = [voice.phoneme_ids(utterance.phonemes) for utterance in plan]
         speaker = voice.speaker_id(request.speaker)
+        length_scale = request.length_scale * voice.length_scale
         times: list[float] = []
         samples = 0
-        for chunk_ids in ids:
+        for sentence_ids in ids:
             started = time.perf_counter()
-            audio = voice.infer(chunk_ids, request.length_scale, speaker)
+            audio = voice.infer(sentence_ids, length_scale, speaker)
             times.append(time.perf_counter() - started)
             samples += audio.size
+        parts = self.parts
+        first_s = times[0]
+        if parts.windows is not None:
+            started = time.perf_counter()
+            (encoded,) = parts.encode([ids[0]], length_scale, [speaker])
+            start, end = window_bounds(
+                encoded.frames, synthesis.first_window_frames, synthesis.window_frames
+            )[0]
+            parts.windows.render([Window(encoded, start, end)])
+            first_s = time.perf_counter() - started
         return FloorTiming(
             phonemize_s=phonemize_s,
-            first_s=times[0],
+            first_s=first_s,
             total_s=sum(times),
             largest_s=max(times),
             audio_s=samples / voice.sample_rate,
@@ -1047,7 +1071,7 @@ async def run(args: argparse.Namespace) -> None:
             report["settings"] = {
                 "intra_op_threads": floor.threads,
                 "provider": floor.voice.provider,
-                "synthesis": asdict(floor.settings.synthesis),
+                "synthesis": floor.settings.synthesis.model_dump(mode="json"),
             }
             client = Client(server.base)
             clients.append(client)
@@ -1169,6 +1193,54 @@ def run_throughput(streams: str | None, batch: int | None) -> None:
     print(f"figures written to {THROUGHPUT_RESULTS.relative_to(ROOT)}")
 
 
+# Sentences without commas for issue 13's first-audio targets: about 10, 15 and 40 words.
+ENGINE_SENTENCES: Final = {
+    "short": "The little brown dog ran across the wide green field today.",
+    "medium": (
+        "My grandmother always kept a jar of sweet lemon candy on the kitchen shelf for visiting children."
+    ),
+    "long": (
+        "The old lighthouse keeper climbed the winding stairs every evening before sunset carrying a "
+        "heavy lantern and a small leather notebook in which he carefully wrote down the colour of the "
+        "sky and the direction of the wind and the names of passing ships"
+    ),
+}
+
+
+def run_engine(repeats: int) -> None:
+    """Engine rows, in this process: first audio from the split parts against one-shot, per sentence
+    length, and windowed against one-shot throughput (issue 13). No server, so it runs in seconds."""
+    from server.synthesis.windows import windowed
+
+    floor = Floor()
+    parts = floor.parts
+    synthesis = floor.settings.synthesis
+    if parts.windows is None:
+        raise SystemExit("the bundled voice did not split; no windowed rows")
+    for label, text in ENGINE_SENTENCES.items():
+        timings = [floor.measure(text) for _ in range(repeats)]
+        first = median([t.first_s for t in timings])
+        whole = median([t.total_s for t in timings])
+        print(f"engine {label}: first audio {ms(first)} | one-shot {ms(whole)} | ratio {first / whole:.2f}")
+    (sentence,) = floor.voice.phonemize(ENGINE_SENTENCES["long"])
+    ids = floor.voice.phoneme_ids(sentence)
+    audio_s = 0.0
+    one_shot_s = windowed_s = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        audio = floor.voice.infer(ids, 1.0, None)
+        one_shot_s += time.perf_counter() - started
+        audio_s += audio.size / floor.voice.sample_rate
+        started = time.perf_counter()
+        (encoded,) = parts.encode([ids], 1.0, [None])
+        windowed(parts.windows, encoded, synthesis.first_window_frames, synthesis.window_frames)
+        windowed_s += time.perf_counter() - started
+    print(
+        f"engine throughput (long sentence, 1 stream): one-shot {audio_s / one_shot_s:.1f} s/s | "
+        f"windowed {audio_s / windowed_s:.1f} s/s | windowed/one-shot {one_shot_s / windowed_s:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -1191,6 +1263,8 @@ def main() -> None:
     throughput.add_argument(
         "--batch", type=int, help="batch_max_size when batching is on (default 32 on CUDA, 8 on CPU)"
     )
+    engine = sub.add_parser("engine", help="first audio and windowed throughput of the engine alone")
+    engine.add_argument("--times", type=int, default=5)
     bare = sub.add_parser("bare-tornado", help="(internal) a minimal Tornado app answering /json")
     bare.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
@@ -1200,6 +1274,8 @@ def main() -> None:
         run_bare_tornado(args)
     elif args.mode == "throughput":
         run_throughput(args.streams, args.batch)
+    elif args.mode == "engine":
+        run_engine(args.times)
     else:
         asyncio.run(run(args))
 

@@ -156,6 +156,8 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True) -> ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A models_dir that does not exist stops the server; the default one is empty.
+        Path(self.env["TTS__SYNTHESIS__MODELS_DIR"]).mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TTS")}
         env.update(self.env)
         env["TTS_CONFIG"] = env.get("TTS_CONFIG", str(ROOT / "config.yaml"))
@@ -275,3 +277,84 @@ def make_redis(tmp_path: Path) -> Iterator:
     yield start
     for proc in started:
         proc.stop()
+
+
+# Dummy credentials: moto accepts any; the server finds them through the AWS chain (environment).
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class MotoProcess:
+    """A real S3 API server (moto's server mode) on a loopback port; in memory, so a restart empties it."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log = (self.workdir / f"moto-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **AWS_ENV},
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if request(self.url, "GET", "/moto-api/", timeout=2).status < 500:
+                    self.client().list_buckets()  # moto loads its S3 backend on first use: slow
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, **_boto_credentials())
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS_ENV["AWS_DEFAULT_REGION"],
+    }
+
+
+def s3_env(moto: MotoProcess, bucket: str, **extra: str) -> dict[str, str]:
+    """Server settings for the object store tier on `moto`, with the dummy credentials."""
+    return {
+        **AWS_ENV,
+        "TTS__STORAGE__BACKEND": "s3",
+        "TTS__S3__BUCKET": bucket,
+        "TTS__S3__ENDPOINT_URL": moto.url,
+        "TTS__S3__TIMEOUT_S": "1",
+        **extra,
+    }
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[MotoProcess]:
+    proc = MotoProcess(tmp_path / "moto").start()
+    yield proc
+    proc.stop()

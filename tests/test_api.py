@@ -66,12 +66,23 @@ def test_tts_get_answers_with_the_audio_description(server):
     assert resp.status == 200
     assert resp.headers["Content-Type"] == JSON
     body = resp.json()
-    assert set(body) == {"hash", "text", "speed", "voice", "audio_url", "duration_s", "sample_rate", "cache"}
+    assert set(body) == {
+        "hash",
+        "text",
+        "speed",
+        "voice",
+        "audio_url",
+        "audio_path",
+        "duration_s",
+        "sample_rate",
+        "cache",
+    }
     assert HASH.fullmatch(body["hash"])
     assert body["text"] == text
     assert body["speed"] == "slow"
     assert body["voice"] == VOICE
     assert body["audio_url"] == f"{server.base}/audio/{body['hash']}.wav"
+    assert body["audio_path"] == f"/audio/{body['hash']}.wav"
     assert body["sample_rate"] == 22050
     assert body["cache"] == "miss"
     with wave.open(io.BytesIO(server.get(f"/audio/{body['hash']}.wav").body)) as wav:
@@ -95,10 +106,15 @@ def test_tts_post_json_is_the_same_request_as_get(server):
     assert got["hash"] == posted.json()["hash"]
 
 
-def test_audio_url_follows_the_request_host(server):
-    resp = server.get("/tts?" + query(text=unique_text("Host")), headers={"Host": "speech.internal:8080"})
+def test_audio_url_follows_the_request_host_when_it_is_a_loopback_name(server):
+    resp = server.get("/tts?" + query(text=unique_text("Host")), headers={"Host": "localhost:8080"})
     body = resp.json()
-    assert body["audio_url"] == f"http://speech.internal:8080/audio/{body['hash']}.wav"
+    assert body["audio_url"] == f"http://localhost:8080/audio/{body['hash']}.wav"
+
+
+def test_a_host_not_in_allowed_hosts_is_a_400_not_a_url(server):
+    resp = server.get("/tts?" + query(text=unique_text("Forged")), headers={"Host": "evil.example:8080"})
+    assert "allowed_hosts" in assert_error(resp, 400, "invalid_request")
 
 
 def test_audio_url_uses_the_configured_public_url(configured):
@@ -343,12 +359,13 @@ def test_healthz_is_ok(server):
     assert resp.json() == {"status": "ok"}
 
 
-def test_readyz_reports_voices_providers_and_redis_ok(server):
+def test_readyz_reports_voices_providers_redis_ok_and_no_store(server):
     resp = server.get("/readyz")
     assert resp.status == 200
     body = resp.json()
-    assert set(body) == {"status", "voices", "providers", "redis"}
+    assert set(body) == {"status", "voices", "providers", "redis", "store"}
     assert (body["status"], body["voices"], body["redis"]) == ("ready", [VOICE], "ok")
+    assert body["store"] == "disabled"
     # Which one depends on the onnxruntime build installed (the cpu or the gpu extra).
     assert body["providers"][VOICE] in ("CPUExecutionProvider", "CUDAExecutionProvider")
     assert set(body["providers"]) == {VOICE}
@@ -406,8 +423,14 @@ def test_tts_arriving_while_voices_load_waits_for_them_instead_of_failing(make_s
     assert resp.json()["cache"] == "miss"
 
 
-def test_tts_is_503_not_ready_when_voices_cannot_load(make_server):
-    server = make_server({"TTS__SYNTHESIS__DEFAULT_VOICE": "no-such-voice"}, wait_ready=False)
+def test_tts_is_503_not_ready_when_voices_cannot_load(make_server, tmp_path):
+    # It passes the start-up checks (an ONNX-looking file, a valid config) but cannot load.
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "fake.onnx").write_bytes(b"\x08\x07 not really a model")
+    (models / "fake.onnx.json").write_text('{"audio": {"sample_rate": 22050}, "phoneme_id_map": {}}')
+    env = {"TTS__SYNTHESIS__DEFAULT_VOICE": "fake", "TTS__SYNTHESIS__MODELS_DIR": str(models)}
+    server = make_server(env, wait_ready=False)
     resp = first_answer(server, "/tts?text=Never.")
     assert_error(resp, 503, "not_ready")
     assert resp.headers["Retry-After"] == "2"

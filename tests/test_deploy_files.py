@@ -89,11 +89,127 @@ def test_manifests_are_valid_yaml_with_kind_and_name():
         ("ConfigMap", "tts-server-config"),
         ("Deployment", "tts-server"),
         ("HorizontalPodAutoscaler", "tts-server"),
+        ("Ingress", "tts-server"),
+        ("Kustomization", "tts-server"),
+        ("NetworkPolicy", "redis"),
         ("PodDisruptionBudget", "tts-server"),
+        ("Secret", "tts-redis"),
         ("Service", "redis"),
         ("Service", "tts-server"),
         ("StatefulSet", "redis"),
     ]
+
+
+def test_kustomization_applies_every_manifest_in_the_folder():
+    kustomization = manifest("Kustomization", "tts-server")
+    files = sorted(p.name for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == files
+
+
+def redis_container() -> dict[str, Any]:
+    (container,) = manifest("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_redis_has_a_password_from_the_secret_and_protected_mode_on():
+    container = redis_container()
+    options = dict(zip(container["args"][::2], container["args"][1::2], strict=True))
+    assert options["--protected-mode"] == "yes"
+    assert options["--requirepass"] == "$(REDIS_PASSWORD)"
+    secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert secret_refs["REDIS_PASSWORD"] == {"name": "tts-redis", "key": "password"}
+    server_refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in tts_container()["env"] if "valueFrom" in e
+    }
+    assert server_refs["REDIS_PASSWORD"] == secret_refs["REDIS_PASSWORD"]
+    assert urlsplit(literal_env(tts_container())["TTS__REDIS__URL"]).password == "$(REDIS_PASSWORD)"
+    assert "password" in manifest("Secret", "tts-redis")["stringData"]
+
+
+def test_only_tts_pods_may_reach_redis():
+    policy = manifest("NetworkPolicy", "redis")["spec"]
+    redis_labels = manifest("StatefulSet", "redis")["spec"]["template"]["metadata"]["labels"]
+    tts_labels = manifest("Deployment", "tts-server")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchLabels"].items() <= tts_labels.items()
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+
+
+def test_ingress_streams_unbuffered_to_the_tts_service_with_a_long_read_timeout():
+    ingress = manifest("Ingress", "tts-server")
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 300
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    service = manifest("Service", "tts-server")
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    settings = pod_settings()
+    assert settings.server.public_url == f"https://{rule['host']}"
+    assert rule["host"] in settings.server.allowed_hosts
+
+
+def test_trusted_proxies_are_narrowed_to_the_ingress_range_and_s3_is_configured():
+    import ipaddress
+
+    settings = pod_settings()
+    for proxy in settings.server.trusted_proxies:
+        assert ipaddress.ip_network(proxy).prefixlen >= 16
+    assert (settings.s3.bucket, settings.s3.prefix) == ("tts-audio", "audio/")
+    assert settings.storage.backend in ("disk", "s3")
+
+
+def test_cpu_cores_follow_the_cgroup_quota_not_the_hosts_cores(tmp_path):
+    from server.settings import available_cores, cgroup_cpu_quota
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 2.5
+    assert available_cores(tmp_path) == min(2, len(os.sched_getaffinity(0)))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_quota(v1) == 1.0
+    assert available_cores(v1) == 1
+
+
+# -- compose and pixi ------------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+
+
+def test_compose_runs_the_server_with_redis_and_minio_as_its_store():
+    services = compose()["services"]
+    server = services["server"]
+    env = {k: str(v) for k, v in server["environment"].items()}
+    settings = settings_from_mapping({}, {k: v for k, v in env.items() if k.startswith("TTS__")})
+    assert settings.server.host == "0.0.0.0"
+    assert urlsplit(settings.redis.url).hostname == "redis"
+    assert settings.storage.backend == "s3"
+    assert urlsplit(settings.s3.endpoint_url).hostname == "minio"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)  # the AWS chain, not config
+    assert env["AWS_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
+    assert settings.s3.bucket in " ".join(services["bucket"]["command"])
+    mounts = {volume.split(":")[1] for volume in server["volumes"]}
+    assert {"/app/models", "/app/var/audio"} <= mounts
+    assert server["build"] == "."
+
+
+def test_pixi_ignores_its_folder_and_gives_the_gpu_environment_test_and_lint():
+    assert ".pixi/" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text(encoding="utf-8"))
+    features = pixi["environments"]["gpu"]
+    tasks = {name for feature in features for name in pixi["feature"][feature].get("tasks", {})}
+    assert {"test", "lint"} <= tasks
 
 
 def test_configmap_config_is_a_valid_server_config():
@@ -446,13 +562,21 @@ def healthcheck_argv() -> list[str]:
 
 def test_healthcheck_passes_against_a_live_server(server):
     env = {"TTS__SERVER__PORT": str(server.port), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(healthcheck_argv(), env=env, capture_output=True, timeout=30)
+    result = subprocess.run(healthcheck_argv(), env=env, cwd=ROOT, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr.decode()
     assert "/healthz" in " ".join(healthcheck_argv())
 
 
+def test_healthcheck_uses_the_port_from_the_config_file(server, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  port: {server.port}\n")
+    env = {"TTS_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(healthcheck_argv(), env=env, cwd=ROOT, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode()
+
+
 def test_healthcheck_fails_when_nothing_listens():
     env = {"TTS__SERVER__PORT": str(free_port()), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(healthcheck_argv(), env=env, capture_output=True, timeout=30)
+    result = subprocess.run(healthcheck_argv(), env=env, cwd=ROOT, capture_output=True, timeout=30)
     assert result.returncode == 1
     assert b"Connection refused" in result.stderr

@@ -146,7 +146,7 @@ def test_an_unknown_format_is_a_400_listing_the_formats(server: ServerProcess, p
     assert resp.status == 400
     assert resp.json()["error"] == {
         "code": "invalid_request",
-        "message": "format must be one of mp3, opus, aac, flac, wav, pcm",
+        "message": "format must be one of wav, pcm, mp3, opus, aac or flac",
     }
 
 

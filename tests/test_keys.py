@@ -24,11 +24,11 @@ BASE = KeyParts(
     length_scale=1.0,
     noise_scale=0.667,
     noise_w=0.8,
-    render=(1.0, 0.2, 4.0, 60, 300),
+    render=(1.0, 0.2, 4.0, 16, 96, 400),
 )
 # Pinned on purpose: if this changes, every cached file and Redis entry is orphaned, so a change
 # must be deliberate (and bump AUDIO_FORMAT_VERSION when the audio bytes change).
-BASE_KEY = "03474f13c9ff0a716dfa8dd81c9fd975592acc0b92890efcc7cec976d6e206e9"
+BASE_KEY = "f6e2f77d13f3961708adc3c8cfecddfef4d71ddc79a5ad9e66ddb39e20ced397"
 
 
 def key_for_text(text: str) -> str:
@@ -44,7 +44,7 @@ def test_key_is_the_same_in_a_fresh_process():
     code = (
         "from server.cache.keys import KeyParts, audio_key;"
         "print(audio_key(KeyParts('en_US-joe-medium', '0' * 64, None, 'Hello world.',"
-        " 1.0, 0.667, 0.8, (1.0, 0.2, 4.0, 60, 300))))"
+        " 1.0, 0.667, 0.8, (1.0, 0.2, 4.0, 16, 96, 400))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

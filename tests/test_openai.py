@@ -299,7 +299,7 @@ def test_v1_speech_without_a_key_is_a_401_in_openais_shape(keyed: ServerProcess)
     assert resp.status == 401
     assert resp.json()["error"] == {
         "message": "a valid API key is required: send Authorization: Bearer <key> or X-API-Key",
-        "type": "invalid_request_error",
+        "type": "authentication_error",
         "param": None,
         "code": "unauthorized",
     }

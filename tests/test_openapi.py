@@ -16,8 +16,10 @@ import tornado.web
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from server.app import make_app
-from server.openapi import openapi_document
+from server.openapi import Reply, openapi_document
+from server.openapi import operation as declare
 from server.request import MAX_SPEED, MIN_SPEED, SPEED_PRESETS
+from server.schemas import Health
 from server.services import Services
 from server.settings import Settings, with_overrides
 from tests.conftest import Response, ServerProcess, query, unique_text
@@ -26,6 +28,8 @@ KEY = "openapi-admin-key-" + "k" * 20
 LIMITED_KEY = "openapi-limited-key-" + "k" * 20  # its own bucket, untouched by other tests
 VOICE = "en_US-joe-medium"
 SPEECH_OPERATIONS = [("get", "/tts"), ("post", "/tts"), ("get", "/tts/stream"), ("post", "/tts/stream")]
+SPEECH_FIELDS = {"text", "speed", "voice", "speaker", "format"}
+FORMATS = ["wav", "pcm", "mp3", "opus", "aac", "flac"]
 LIMITED_OPERATIONS = [*SPEECH_OPERATIONS, ("get", "/audio/{hash}.{ext}"), ("head", "/audio/{hash}.{ext}")]
 ADMIN_OPERATIONS = [
     ("get", "/admin/storage"),
@@ -98,10 +102,18 @@ def doc(server: ServerProcess) -> dict[str, Any]:
     return cast(dict[str, Any], resp.json())
 
 
+# The names each route's path parameters have in the document; every other one is a hash.
+PATH_PARAMETERS = {
+    "/docs/assets/([^/]+)$": ("{name}",),
+    "/audio/([^/]*)\\.([^/.]*)$": ("{hash}", "{ext}"),
+}
+
+
 def openapi_path(pattern: str) -> str:
     """A route's regex as the document writes it: `/audio/([^/]*)\\.([^/.]*)` is `/audio/{hash}.{ext}`."""
-    names = iter(["{hash}", "{ext}"])
-    return re.sub(r"\([^)]*\)", lambda _: next(names), pattern.removesuffix("$")).replace("\\.", ".")
+    names = iter(PATH_PARAMETERS.get(pattern, ("{hash}",)))
+    path = re.sub(r"\([^)]*\)", lambda _: next(names), pattern.removesuffix("$"))
+    return path.replace("\\.", ".")
 
 
 def implemented_methods(handler: type[tornado.web.RequestHandler]) -> set[str]:
@@ -140,8 +152,42 @@ def test_every_route_and_method_the_app_serves_is_documented_and_nothing_else(do
 def test_text_max_length_follows_the_configured_limit(doc):
     assert doc["components"]["schemas"]["Text"]["minLength"] == 1
     assert doc["components"]["schemas"]["Text"]["maxLength"] == 5000
-    small = openapi_document(with_overrides(Settings(), synthesis={"max_text_chars": 64}))
+    settings = with_overrides(Settings(), synthesis={"max_text_chars": 64})
+    small = openapi_document(make_app(settings, cast(Services, None)).wildcard_router.rules, settings)
     assert small["components"]["schemas"]["Text"]["maxLength"] == 64
+
+
+def test_body_limit_follows_the_configured_limit():
+    settings = with_overrides(Settings(), server={"max_body_bytes": 4096})
+    small = openapi_document(make_app(settings, cast(Services, None)).wildcard_router.rules, settings)
+    assert "4096 bytes" in small["components"]["responses"]["E413"]["description"]
+    assert "4096 bytes" in small["info"]["description"]
+
+
+def test_a_handler_that_declares_an_operation_appears_in_the_document():
+    class EchoHandler(tornado.web.RequestHandler):
+        @declare(
+            operation_id="echo", query=Health, replies={200: Reply("Echo", {"application/json": Health})}
+        )
+        def get(self) -> None:
+            """Say it back."""
+
+    app = tornado.web.Application([(r"/v9/echo", EchoHandler)])
+    document = openapi_document(app.wildcard_router.rules, Settings())
+    echo = document["paths"]["/v9/echo"]["get"]
+    assert (echo["summary"], echo["operationId"]) == ("Say it back.", "echo")
+    assert echo["parameters"] == [
+        {
+            "name": "status",
+            "in": "query",
+            "required": True,
+            "schema": {"const": "ok", "title": "Status", "type": "string"},
+        }
+    ]
+    assert echo["responses"]["200"]["content"] == {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
+    }
+    assert "Health" in document["components"]["schemas"]
 
 
 def test_speed_is_a_preset_or_a_rate_from_a_quarter_to_four(doc):
@@ -168,14 +214,35 @@ def test_speech_operations_document_their_fields_and_every_status(doc, method, p
     assert set(operation["responses"]) == {"200", "400", "401", "413", "429", "503"}
     if method == "post":
         body = follow(doc, operation["requestBody"]["content"]["application/json"]["schema"])
-        assert set(body["properties"]) == {"text", "speed", "voice", "speaker", "format"}
+        assert set(body["properties"]) == SPEECH_FIELDS
         assert body["required"] == ["text"]
         assert body["additionalProperties"] is False
         return
     names = {follow(doc, parameter)["name"]: follow(doc, parameter) for parameter in operation["parameters"]}
-    expected = {"text", "speed", "voice", "speaker", "format"}
-    assert set(names) == expected
+    assert set(names) == SPEECH_FIELDS
     assert names["text"]["required"] is True
+    assert not any(names[name]["required"] for name in SPEECH_FIELDS - {"text"})
+
+
+@pytest.mark.parametrize(("path", "default"), [("/tts", "wav"), ("/tts/stream", "pcm")])
+def test_format_is_one_of_six_with_a_default_per_route(doc, path, default):
+    for method in ("get", "post"):
+        operation = doc["paths"][path][method]
+        if method == "get":
+            fields = {parameter["name"]: parameter["schema"] for parameter in operation["parameters"]}
+        else:
+            fields = follow(doc, operation["requestBody"]["content"]["application/json"]["schema"])[
+                "properties"
+            ]
+        assert fields["format"]["default"] == default
+        assert follow(doc, fields["format"])["enum"] == FORMATS
+
+
+def test_query_parameters_are_never_documented_as_null(doc):
+    for item in doc["paths"].values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                assert "null" not in json.dumps(parameter["schema"]), parameter
 
 
 @pytest.mark.parametrize(("method", "path"), LIMITED_OPERATIONS)
@@ -210,7 +277,7 @@ def test_every_error_answer_is_the_json_error_shape(doc):
                     assert schema == {"$ref": f"#/components/schemas/{shape}"}, f"{method} {path} {status}"
     error = doc["components"]["schemas"]["Error"]
     assert error["required"] == ["error"]
-    assert error["properties"]["error"]["required"] == ["code", "message"]
+    assert follow(doc, error["properties"]["error"])["required"] == ["code", "message"]
 
 
 # -- real answers conform -----------------------------------------------------------------------------
@@ -234,6 +301,7 @@ def test_answers_of_the_public_routes_conform(server, doc, stored):
         ("POST", "/tts", server.post("/tts", {"text": unique_text("Conform"), "speed": None})),
         ("GET", "/tts/stream", server.get("/tts/stream?" + query(text=unique_text("Conform")))),
         ("GET", "/tts/stream", server.get("/tts/stream?" + query(text=unique_text("Conform"), format="wav"))),
+        ("POST", "/tts/stream", server.post("/tts/stream", {"text": unique_text("Conform"), "speed": 2})),
         ("GET", "/audio/{hash}.{ext}", server.get(audio)),
         ("HEAD", "/audio/{hash}.{ext}", server.request_raw("HEAD", audio)),
         ("GET", "/audio/{hash}.{ext}", server.get(audio, headers={"Range": "bytes=0-99"})),
@@ -244,7 +312,7 @@ def test_answers_of_the_public_routes_conform(server, doc, stored):
         ("GET", "/metrics", server.get("/metrics")),
         ("GET", "/openapi.json", server.get("/openapi.json")),
     ]
-    assert [resp.status for _, _, resp in calls] == [200] * 8 + [206, 304] + [200] * 5
+    assert [resp.status for _, _, resp in calls] == [200] * 9 + [206, 304] + [200] * 5
     for method, path, resp in calls:
         assert_conforms(doc, method, path, resp)
 
@@ -257,6 +325,8 @@ def test_error_answers_of_the_public_routes_conform(server, doc, stored):
         ("GET", "/tts", server.get("/tts?" + query(text="Hello.", voice="nobody"))),
         ("POST", "/tts", server.post("/tts", b"{not json")),
         ("GET", "/tts/stream", server.get("/tts/stream?" + query(text="Hello.", format="ogg"))),
+        ("POST", "/tts/stream", server.post("/tts/stream", {"text": "Hello.", "format": "ogg"})),
+        ("GET", "/tts", server.get("/tts?" + query(text="Hello.", format="m4a"))),
         ("GET", "/tts", server.get("/tts?" + query(text="a" * 5001))),
         ("POST", "/tts", server.post("/tts", {"text": "a" * 5001})),
         ("POST", "/tts", server.post("/tts", {"text": "a" * 70_000})),
@@ -267,7 +337,7 @@ def test_error_answers_of_the_public_routes_conform(server, doc, stored):
         ("DELETE", "/tts", server.request_raw("DELETE", "/tts")),
         ("PUT", "/healthz", server.request_raw("PUT", "/healthz", body=b"")),
     ]
-    assert [resp.status for _, _, resp in calls] == [400] * 5 + [413] * 3 + [404, 404, 416, 404, 405, 405]
+    assert [resp.status for _, _, resp in calls] == [400] * 7 + [413] * 3 + [404, 404, 416, 404, 405, 405]
     for method, path, resp in calls:
         assert_conforms(doc, method, path, resp)
     assert calls[-1][2].headers["Allow"] == "GET, OPTIONS"

@@ -31,6 +31,8 @@ def limited_env(burst: int = BURST, **extra: str) -> dict[str, str]:
         "TTS__LIMITS__ENABLED": "true",
         "TTS__LIMITS__REQUESTS_BURST": str(burst),
         "TTS__LIMITS__REQUESTS_PER_MINUTE": "1",
+        # One synthesis token per text, however long, so these tests count texts.
+        "TTS__LIMITS__SYNTHESIS_UNIT_CHARS": "1000000",
         **extra,
     }
 
@@ -53,7 +55,8 @@ def remaining(responses: list[Response]) -> list[str | None]:
 def test_default_settings_have_limits_enabled():
     limits = Settings().limits
     assert limits.enabled is True
-    assert (limits.synthesis_per_minute, limits.synthesis_burst) == (30.0, 15)
+    assert (limits.synthesis_per_minute, limits.synthesis_burst) == (60.0, 60)
+    assert limits.synthesis_unit_chars == 200
     assert (limits.requests_per_minute, limits.requests_burst) == (1200.0, 200)
     assert limits.streams_per_client == 4
 

@@ -78,3 +78,35 @@ def test_waiting_replica_synthesizes_itself_when_the_lock_holder_died(replicas):
     while client.exists(f"tts:lock:{key}") and time.monotonic() < deadline:
         time.sleep(0.05)  # released right after the answer is stored
     assert client.exists(f"tts:lock:{key}") == 0
+
+
+def test_a_url_minted_while_redis_was_down_reaches_other_replicas_when_it_returns(
+    make_server, make_redis, tmp_path
+):
+    redis = make_redis()
+    env = {
+        "TTS__REDIS__URL": redis.url,
+        "TTS__REDIS__PROBE_INTERVAL_S": "0.5",
+        "TTS__REDIS__BREAKER_RESET_S": "0.5",
+    }
+    first, second = make_server(env, workdir=tmp_path / "a"), make_server(env, workdir=tmp_path / "b")
+    redis.stop()
+    made = first.get("/tts?" + query(text=unique_text("Minted in the dark")))
+    assert made.status == 200  # this replica's disk holds it
+    path = made.json()["audio_path"]
+    assert second.get(path).status == 404
+    # The journal is on disk: a worker restart before Redis is back loses nothing.
+    first.stop()
+    restarted = make_server(env, workdir=tmp_path / "a")
+    assert len(list((tmp_path / "a" / "audio" / "journal").glob("*.pending"))) == 1
+
+    redis.start()  # empty, on the same port
+    deadline = time.monotonic() + 60
+    served = second.get(path)
+    while served.status != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        served = second.get(path)
+
+    assert (served.status, served.headers["X-Cache"]) == (200, "l2")
+    assert served.body == restarted.get(path).body
+    assert list((tmp_path / "a" / "audio" / "journal").glob("*.pending")) == []

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from server.settings import Settings, SettingsError, load_settings, with_overrides
+from server.settings import ServerSettings, Settings, SettingsError, load_settings, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"
@@ -30,7 +31,7 @@ def test_missing_default_config_file_means_built_in_defaults(tmp_path, monkeypat
 def test_env_overrides_an_integer_key():
     settings = load_settings(CONFIG, environ={"TTS__SERVER__PORT": "9000"})
     assert settings.server.port == 9000
-    assert settings.server.host == "0.0.0.0"
+    assert settings.server.host == "127.0.0.1"
 
 
 def test_env_overrides_a_string_key():
@@ -47,6 +48,29 @@ def test_env_list_value_is_comma_separated_and_trimmed():
     environ = {"TTS__SERVER__CORS_ORIGINS": "https://a.example.com, https://b.example.com ,"}
     settings = load_settings(CONFIG, environ=environ)
     assert settings.server.cors_origins == ("https://a.example.com", "https://b.example.com")
+
+
+def test_env_list_of_one_item_needs_no_comma():
+    settings = load_settings(CONFIG, environ={"TTS__SERVER__TRUSTED_PROXIES": "10.0.0.0/8"})
+    assert settings.server.trusted_proxies == ("10.0.0.0/8",)
+
+
+def test_env_list_is_not_read_as_json():
+    settings = load_settings(CONFIG, environ={"TTS__SYNTHESIS__VOICES": '["a.onnx"]'})
+    assert settings.synthesis.voices == ('["a.onnx"]',)
+
+
+def test_empty_env_list_means_none():
+    settings = load_settings(CONFIG, environ={"TTS__SERVER__CORS_ORIGINS": ""})
+    assert settings.server.cors_origins == ()
+
+
+def test_env_list_replaces_the_files_list(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  cors_origins: [https://file.example]\n", encoding="utf-8")
+    assert load_settings(path, environ={}).server.cors_origins == ("https://file.example",)
+    environ = {"TTS__SERVER__CORS_ORIGINS": "https://env.example"}
+    assert load_settings(path, environ=environ).server.cors_origins == ("https://env.example",)
 
 
 def test_env_boolean_accepts_words():
@@ -76,8 +100,21 @@ def test_env_wins_over_the_file(tmp_path):
 
 def test_settings_are_frozen():
     settings = Settings()
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         settings.server.port = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.server = ServerSettings()  # type: ignore[misc]
+
+
+def test_settings_are_hashable_values():
+    assert hash(load_settings(CONFIG, environ={})) == hash(Settings())
+
+
+def test_settings_alone_never_read_the_process_environment(monkeypatch):
+    monkeypatch.setenv("TTS__SERVER__PORT", "9999")
+    monkeypatch.setenv("TTS_ADMIN_API_KEYS", "k" * 20)
+    assert Settings() == load_settings(CONFIG, environ={})
+    assert load_settings(CONFIG).server.port == 9999
 
 
 def test_with_overrides_validates_like_the_file():
@@ -124,11 +161,85 @@ def test_unknown_key_in_env_is_rejected():
     assert (error.key, error.reason) == ("server.prot", "unknown key")
 
 
+def test_unknown_key_in_env_is_rejected_whatever_its_case():
+    error = _error({"tts__logging__colour": "yes"})
+    assert (error.key, error.reason) == ("logging.colour", "unknown key")
+
+
+def test_env_name_with_too_many_parts_is_rejected():
+    error = _error({"TTS__SERVER__PORT__X": "1"})
+    assert (error.key, error.reason) == ("TTS__SERVER__PORT__X", "expected TTS__<SECTION>__<KEY>")
+
+
+def test_admin_keys_are_not_a_setting_of_the_environment_form():
+    error = _error({"TTS__ADMIN_API_KEYS": "k" * 20})
+    assert (error.key, error.reason) == ("TTS__ADMIN_API_KEYS", "expected TTS__<SECTION>__<KEY>")
+
+
+def test_admin_keys_are_never_read_from_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"admin_api_keys: [{'k' * 20}]\n", encoding="utf-8")
+    error = _error({}, path)
+    assert (error.key, error.reason) == ("admin_api_keys", "unknown section")
+
+
+def test_admin_keys_come_from_the_variable_and_the_file(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text(f"{'b' * 16}\n\n", encoding="utf-8")
+    environ = {"TTS_ADMIN_API_KEYS": f"{'a' * 16}, ", "TTS_ADMIN_API_KEYS_FILE": str(keys)}
+    settings = load_settings(CONFIG, environ=environ)
+    assert settings.admin_api_keys == ("a" * 16, "b" * 16)
+    assert "a" * 16 not in repr(settings)
+
+
+def test_short_admin_key_is_rejected():
+    error = _error({"TTS_ADMIN_API_KEYS": "short"})
+    assert (error.key, error.reason) == ("TTS_ADMIN_API_KEYS", "every key needs at least 16 characters")
+
+
+def test_every_mistake_is_reported_one_line_each():
+    error = _error({"TTS__SERVER__PORT": "0", "TTS__LOGGING__LEVEL": "LOUD", "TTS__REDIS__TTL_S": "x"})
+    assert (error.key, error.reason) == ("server.port", "must be at least 1, got 0")
+    assert str(error).splitlines() == [
+        "config error: server.port: must be at least 1, got 0",
+        "config error: redis.ttl_s: expected an integer, got 'x'",
+        "config error: logging.level: must be one of TRACE, DEBUG, INFO, WARNING, ERROR, got 'LOUD'",
+    ]
+
+
+def test_a_list_where_a_number_belongs_is_rejected(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("redis:\n  ttl_s: [1]\n", encoding="utf-8")
+    error = _error({}, path)
+    assert (error.key, error.reason) == ("redis.ttl_s", "expected an integer, got [1]")
+
+
+def test_a_key_left_empty_in_the_file_means_its_default(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("redis:\n  url:\n  ttl_s:\n", encoding="utf-8")
+    assert load_settings(path, environ={}).redis == Settings().redis
+
+
 def test_unknown_key_in_file_is_rejected(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("redis:\n  urll: redis://x\n", encoding="utf-8")
     error = _error({}, path)
     assert (error.key, error.reason) == ("redis.urll", "unknown key")
+
+
+@pytest.mark.parametrize(
+    ("old", "replacement"),
+    [
+        ("first_chunk_max_phonemes", "synthesis.first_window_frames"),
+        ("chunk_max_phonemes", "synthesis.max_sentence_phonemes"),
+    ],
+)
+def test_a_replaced_clause_cut_setting_is_rejected_naming_its_replacement(tmp_path, old, replacement):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"synthesis:\n  {old}: 60\n", encoding="utf-8")
+    error = _error({}, path)
+    assert str(error) == f"config error: synthesis.{old}: no longer supported; use {replacement} instead"
+    assert _error({f"TTS__SYNTHESIS__{old.upper()}": "60"}).key == f"synthesis.{old}"
 
 
 def test_unknown_section_in_file_is_rejected(tmp_path):
@@ -186,13 +297,20 @@ def test_redis_url_must_have_a_redis_scheme():
     assert error.reason.startswith("must start with one of redis://, rediss://, unix://")
 
 
-def test_invalid_yaml_is_rejected_naming_the_file(tmp_path):
+def test_invalid_yaml_is_rejected_naming_the_file_and_the_line(tmp_path):
     path = tmp_path / "broken.yaml"
-    path.write_text("server:\n  port: [1, 2\n", encoding="utf-8")
+    path.write_text("server:\n  port: 1\n  host: [a, b\nredis:\n  url: x\n", encoding="utf-8")
     error = _error({}, path)
     assert error.key == str(path)
-    assert error.reason.startswith("not valid YAML: ")
+    assert error.reason == "not valid YAML: line 4, column 6: expected ',' or ']', but got ':'"
     assert "\n" not in str(error)
+
+
+def test_yaml_indentation_error_names_its_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("server:\n  port: 1\n   host: x\n", encoding="utf-8")
+    error = _error({}, path)
+    assert error.reason == "not valid YAML: line 3, column 8: mapping values are not allowed here"
 
 
 def test_missing_tts_config_file_is_rejected(tmp_path):
@@ -215,6 +333,20 @@ def test_server_exits_with_one_line_naming_the_bad_key():
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == "config error: server.port: expected an integer, got 'abc'\n"
+
+
+def test_server_exits_naming_the_line_of_a_broken_config_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("server:\n  port: 1\n   host: x\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTS")}
+    env["TTS_CONFIG"] = str(broken)
+    result = subprocess.run(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"config error: {broken}: not valid YAML: line 3, column 8: mapping values are not allowed here\n"
+    )
 
 
 @pytest.mark.parametrize(

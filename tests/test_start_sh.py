@@ -38,6 +38,7 @@ def test_start_sh_serves_speech_and_stops_on_sigterm(tmp_path):
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         }
     )
+    (tmp_path / "models").mkdir()
     log_path = tmp_path / "start.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from server.synthesis.text import CLAUSE_BREAKS, Chunk, normalize_text, plan_chunks
+from server.synthesis.text import CLAUSE_BREAKS, Utterance, normalize_text, plan_utterances
 
 
 def test_normalize_composes_to_nfc():
@@ -71,127 +71,99 @@ def sentence(text: str) -> list[str]:
     return list(text)
 
 
-def joined(chunk: Chunk) -> str:
-    return "".join(chunk.phonemes)
+def joined(utterance: Utterance) -> str:
+    return "".join(utterance.phonemes)
 
 
-def test_short_sentences_are_one_chunk_each():
-    chunks = plan_chunks([sentence("hɛlˈoʊ."), sentence("baɪ.")], first_max=60, chunk_max=300)
-    assert chunks == [Chunk(tuple("hɛlˈoʊ."), True), Chunk(tuple("baɪ."), True)]
-
-
-def test_first_chunk_is_split_at_the_last_clause_break_within_first_max():
-    text = "aaaaaaaaaa, bbbbbbbbbb; cccccccccc dddddddddd."
-    chunks = plan_chunks([sentence(text)], first_max=30, chunk_max=300)
-    assert [joined(c) for c in chunks] == ["aaaaaaaaaa, bbbbbbbbbb;", "cccccccccc dddddddddd."]
-    assert [c.ends_sentence for c in chunks] == [False, True]
-
-
-def test_first_chunk_prefers_a_clause_break_over_a_later_word_break():
-    text = "aaaaaaaa, bb cc dd ee ff gg hh ii jj kk."
-    chunks = plan_chunks([sentence(text)], first_max=30, chunk_max=300)
-    assert joined(chunks[0]) == "aaaaaaaa,"
-
-
-def test_first_chunk_falls_back_to_a_word_break_without_clause_breaks():
-    text = "aaaaaaaaa bbbbbbbbb ccccccccc ddddddddd."
-    chunks = plan_chunks([sentence(text)], first_max=25, chunk_max=300)
-    assert [joined(c) for c in chunks] == ["aaaaaaaaa bbbbbbbbb", "ccccccccc ddddddddd."]
-
-
-def test_clause_break_too_close_to_the_start_is_not_used():
-    # Cutting after two phonemes would only move the wait to the second chunk.
-    text = "a, bbbbbbbbb ccccccccc ddddddddd."
-    chunks = plan_chunks([sentence(text)], first_max=25, chunk_max=300)
-    assert [joined(c) for c in chunks] == ["a, bbbbbbbbb ccccccccc", "ddddddddd."]
-
-
-def test_later_chunks_are_whole_sentences_up_to_chunk_max():
+def test_each_sentence_is_one_utterance_however_short_or_long():
+    # No clause or word cuts below the bound: windowed synthesis gives early audio instead.
     long_sentence = "bbbbbbbbbb, " * 10 + "end."
-    chunks = plan_chunks([sentence("hi."), sentence(long_sentence)], first_max=8, chunk_max=300)
-    assert [joined(c) for c in chunks] == ["hi.", long_sentence]
+    utterances = plan_utterances([sentence("hɛlˈoʊ."), sentence(long_sentence)], max_phonemes=400)
+    assert utterances == [Utterance(tuple("hɛlˈoʊ."), True), Utterance(tuple(long_sentence), True)]
 
 
-def test_over_long_later_sentence_is_split_at_clause_breaks_within_chunk_max():
+def test_over_long_sentence_is_split_at_clause_breaks_within_the_bound():
     long_sentence = "bbbbbbbbbb, " * 10 + "end."
-    chunks = plan_chunks([sentence("hi."), sentence(long_sentence)], first_max=8, chunk_max=50)
-    assert [joined(c) for c in chunks] == [
+    utterances = plan_utterances([sentence("hi."), sentence(long_sentence)], max_phonemes=50)
+    assert [joined(u) for u in utterances] == [
         "hi.",
         "bbbbbbbbbb, bbbbbbbbbb, bbbbbbbbbb, bbbbbbbbbb,",
         "bbbbbbbbbb, bbbbbbbbbb, bbbbbbbbbb, bbbbbbbbbb,",
         "bbbbbbbbbb, bbbbbbbbbb, end.",
     ]
-    assert [c.ends_sentence for c in chunks] == [True, False, False, True]
+    assert [u.ends_sentence for u in utterances] == [True, False, False, True]
+
+
+def test_over_long_sentence_prefers_a_clause_break_over_a_later_word_break():
+    text = "aaaaaaaa, bb cc dd ee ff gg hh ii jj kk."
+    utterances = plan_utterances([sentence(text)], max_phonemes=30)
+    assert joined(utterances[0]) == "aaaaaaaa,"
+
+
+def test_over_long_sentence_falls_back_to_a_word_break_without_clause_breaks():
+    text = "aaaaaaaaa bbbbbbbbb ccccccccc ddddddddd."
+    utterances = plan_utterances([sentence(text)], max_phonemes=25)
+    assert [joined(u) for u in utterances] == ["aaaaaaaaa bbbbbbbbb", "ccccccccc ddddddddd."]
+
+
+def test_clause_break_too_close_to_the_start_is_not_used():
+    # Cutting after two phonemes would leave a piece too short to be worth its own utterance.
+    text = "a, bbbbbbbbb ccccccccc ddddddddd."
+    utterances = plan_utterances([sentence(text)], max_phonemes=25)
+    assert [joined(u) for u in utterances] == ["a, bbbbbbbbb ccccccccc", "ddddddddd."]
 
 
 def test_hard_split_when_there_is_no_break_at_all():
-    chunks = plan_chunks([sentence("x" * 100)], first_max=30, chunk_max=40)
-    assert [len(c.phonemes) for c in chunks] == [30, 40, 30]
-    assert [c.ends_sentence for c in chunks] == [False, False, True]
+    utterances = plan_utterances([sentence("x" * 100)], max_phonemes=40)
+    assert [len(u.phonemes) for u in utterances] == [40, 40, 20]
+    assert [u.ends_sentence for u in utterances] == [False, False, True]
 
 
-def test_blank_sentences_make_no_chunks():
-    assert plan_chunks([sentence("   "), [], sentence("a.")], first_max=10, chunk_max=20) == [
-        Chunk(tuple("a."), True)
+def test_blank_sentences_make_no_utterances():
+    assert plan_utterances([sentence("   "), [], sentence("a.")], max_phonemes=20) == [
+        Utterance(tuple("a."), True)
     ]
 
 
-def test_no_sentences_make_no_chunks():
-    assert plan_chunks([], first_max=10, chunk_max=20) == []
+def test_no_sentences_make_no_utterances():
+    assert plan_utterances([], max_phonemes=20) == []
 
 
 PHONEMES = st.sampled_from(["a", "b", "ɛ", "ˈ", " ", " ", ",", ";", ".", "?"])
 SENTENCES = st.lists(st.lists(PHONEMES, max_size=120), max_size=6)
-LIMITS = st.integers(8, 80).flatmap(lambda first: st.tuples(st.just(first), st.integers(16, 160)))
+LIMITS = st.integers(16, 160)
 
 
 @given(SENTENCES, LIMITS)
-def test_chunks_respect_their_limits_and_are_never_empty(sentences, limits):
-    first_max, chunk_max = limits
-    chunks = plan_chunks(sentences, first_max, chunk_max)
-    for index, chunk in enumerate(chunks):
-        assert chunk.phonemes
-        assert chunk.phonemes[0] != " "
-        assert chunk.phonemes[-1] != " "
-        assert len(chunk.phonemes) <= (first_max if index == 0 else chunk_max)
+def test_utterances_respect_the_bound_and_are_never_empty(sentences, max_phonemes):
+    for utterance in plan_utterances(sentences, max_phonemes):
+        assert utterance.phonemes
+        assert utterance.phonemes[0] != " "
+        assert utterance.phonemes[-1] != " "
+        assert len(utterance.phonemes) <= max_phonemes
 
 
 @given(SENTENCES, LIMITS)
-def test_chunks_keep_every_phoneme_in_order_dropping_only_spaces_at_cuts(sentences, limits):
-    chunks = plan_chunks(sentences, *limits)
+def test_utterances_keep_every_phoneme_in_order_dropping_only_spaces_at_cuts(sentences, max_phonemes):
+    utterances = plan_utterances(sentences, max_phonemes)
     without_spaces = "".join(p for s in sentences for p in s if p != " ")
-    assert "".join(p for c in chunks for p in c.phonemes if p != " ") == without_spaces
-    # Inside a chunk nothing is dropped: each chunk is a contiguous run of its sentence.
-    for chunk in chunks:
-        assert any(joined(chunk) in "".join(s) for s in sentences)
+    assert "".join(p for u in utterances for p in u.phonemes if p != " ") == without_spaces
+    # Inside an utterance nothing is dropped: each is a contiguous run of its sentence.
+    for utterance in utterances:
+        assert any(joined(utterance) in "".join(s) for s in sentences)
 
 
 @given(SENTENCES, LIMITS)
-def test_each_sentence_with_content_ends_exactly_one_chunk(sentences, limits):
-    chunks = plan_chunks(sentences, *limits)
+def test_each_sentence_with_content_ends_exactly_one_utterance(sentences, max_phonemes):
+    utterances = plan_utterances(sentences, max_phonemes)
     spoken = [s for s in sentences if any(p != " " for p in s)]
-    assert sum(c.ends_sentence for c in chunks) == len(spoken)
-    if chunks:
-        assert chunks[-1].ends_sentence
-
-
-@given(SENTENCES, LIMITS)
-def test_chunk_ends_sentence_only_on_the_sentence_last_chunk(sentences, limits):
-    # Planning sentence by sentence shows which chunks belong to which sentence.
-    first_max, chunk_max = limits
-    chunks = plan_chunks(sentences, first_max, chunk_max)
-    position = 0
-    for s in sentences:
-        own = plan_chunks([s], first_max if position == 0 else chunk_max, chunk_max)
-        assert chunks[position : position + len(own)] == own
-        position += len(own)
-        if own:
-            assert [c.ends_sentence for c in own] == [False] * (len(own) - 1) + [True]
-    assert position == len(chunks)
+    assert sum(u.ends_sentence for u in utterances) == len(spoken)
+    if utterances:
+        assert utterances[-1].ends_sentence
 
 
 @pytest.mark.parametrize("mark", sorted(CLAUSE_BREAKS))
 def test_every_clause_break_is_a_split_point(mark):
     text = f"aaaaaaaaaa{mark} bbbbbbbbbb cccccccccc."
-    chunks = plan_chunks([sentence(text)], first_max=20, chunk_max=300)
-    assert joined(chunks[0]) == f"aaaaaaaaaa{mark}"
+    utterances = plan_utterances([sentence(text)], max_phonemes=20)
+    assert joined(utterances[0]) == f"aaaaaaaaaa{mark}"

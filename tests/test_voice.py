@@ -50,22 +50,35 @@ def test_digest_is_the_sha256_of_the_model_file(voice, files):
 
 def test_cpu_provider_runs_on_cpu_execution_provider(voice):
     assert voice.provider == CPU == "CPUExecutionProvider"
-    assert voice.session.get_providers() == [CPU]
+    assert voice.windows is not None
+    for part in (voice.windows.encoder, voice.windows.flow, voice.windows.decoder):
+        assert part.get_providers() == [CPU]
 
 
-def test_phoneme_ids_are_bos_each_phoneme_then_pad_and_eos(voice):
+def test_phoneme_ids_follow_pipers_layout_bos_pad_then_each_phoneme_and_a_pad_then_eos(voice):
+    # piper1-gpl phoneme_ids.phonemes_to_ids: BOS, PAD, (phoneme, PAD)..., EOS.
     id_map = voice.phoneme_id_map
     phonemes = ["h", "ə", "l", "ˈ", "o", "ʊ", " ", "."]
-    expected = list(id_map[BOS])
+    expected = id_map[BOS] + id_map[PAD]
     for phoneme in phonemes:
         expected += id_map[phoneme] + id_map[PAD]
     expected += id_map[EOS]
     assert voice.phoneme_ids(phonemes) == expected
-    assert voice.phoneme_ids(["h", "i"]) == [1, 20, 0, 21, 0, 2]
+    assert voice.phoneme_ids(["h", "i"]) == [1, 0, 20, 0, 21, 0, 2]
 
 
-def test_no_phonemes_is_just_bos_and_eos(voice):
-    assert voice.phoneme_ids([]) == voice.phoneme_id_map[BOS] + voice.phoneme_id_map[EOS]
+def test_no_phonemes_is_bos_pad_and_eos(voice):
+    assert voice.phoneme_ids([]) == [1, 0, 2]
+
+
+def test_length_scale_comes_from_the_voice_config(files, tmp_path):
+    config = json.loads(files.config.read_text(encoding="utf-8"))
+    assert config["inference"].get("length_scale", 1.0) == 1.0
+    config["inference"]["length_scale"] = 1.5
+    slow = tmp_path / "slow.onnx.json"
+    slow.write_text(json.dumps(config), encoding="utf-8")
+    voice = Voice.load(VoiceFiles(files.model, slow), RuntimeOptions(provider="cpu", windowed=False))
+    assert voice.length_scale == 1.5
 
 
 def test_unknown_phonemes_are_skipped_and_counted(voice):

@@ -73,5 +73,11 @@ class Rendition:
 
 def rendition_suffixes() -> tuple[str, ...]:
     """Every suffix a key's entries may carry (to delete them all)."""
-    plain = tuple(f.ext for f in FORMATS.values())
-    return plain + tuple(f"{rate}.{f.ext}" for rate in RESAMPLED_RATES for f in FORMATS.values())
+    return tuple(rendition_content_types())
+
+
+def rendition_content_types() -> dict[str, str]:
+    """Every suffix a key's entries may carry, with its content type (for the object store)."""
+    plain = {f.ext: f.content_type for f in FORMATS.values()}
+    resampled = {f"{rate}.{f.ext}": f.content_type for rate in RESAMPLED_RATES for f in FORMATS.values()}
+    return plain | resampled

@@ -18,14 +18,22 @@ WAV_HEADER_BYTES: Final = 44
 STREAMING_SIZE: Final = 0xFFFFFFFF  # "unknown length", accepted by browsers, ffmpeg and sox
 
 
-def to_pcm16(audio: np.ndarray, gain: float, fade_samples: int) -> bytes:
-    """Float samples in [-1, 1] to s16le bytes with a fixed gain and faded edges."""
+def to_pcm16(
+    audio: np.ndarray, gain: float, fade_samples: int, *, fade_in: bool = True, fade_out: bool = True
+) -> bytes:
+    """Float samples in [-1, 1] to s16le bytes with a fixed gain and faded edges.
+
+    Only an utterance's own edges are faded: windows inside an utterance join seamlessly as they
+    are, and a fade there would dip the speech.
+    """
     samples = np.asarray(audio, dtype=np.float32).reshape(-1) * np.float32(gain)
     fade = min(fade_samples, samples.size // 2)
     if fade > 0:
         ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)
-        samples[:fade] *= ramp
-        samples[-fade:] *= ramp[::-1]
+        if fade_in:
+            samples[:fade] *= ramp
+        if fade_out:
+            samples[-fade:] *= ramp[::-1]
     np.clip(samples, -1.0, 1.0, out=samples)
     return (samples * 32767.0).round().astype("<i2").tobytes()
 

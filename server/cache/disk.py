@@ -114,7 +114,8 @@ class DiskStore:
         cutoff = time.time() - self._ttl_s
         files = size = expired = 0
         if self._root.is_dir():
-            for path in self._root.glob("*/*"):
+            # Only the fan-out folders: the journal's files beside them are not audio.
+            for path in self._root.glob("[0-9a-f][0-9a-f]/*"):
                 if path.name.endswith(TEMP_SUFFIX):
                     continue
                 try:

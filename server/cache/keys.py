@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Final
 
 # Bump when the bytes produced for the same inputs change (framing, fades, chunking rules).
-AUDIO_FORMAT_VERSION: Final = 1
+# 2: Piper's pad after BOS, whole sentences as utterances, windowed synthesis.
+AUDIO_FORMAT_VERSION: Final = 2
 KEY_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 
 
@@ -24,7 +25,7 @@ class KeyParts:
     length_scale: float
     noise_scale: float
     noise_w: float
-    render: tuple[float, ...]  # gain, silence, fade and chunk limits from config
+    render: tuple[float, ...]  # gain, silence, fade, window sizes and the sentence bound from config
 
 
 def audio_key(parts: KeyParts) -> str:

@@ -6,7 +6,6 @@ Off (404) unless admin keys are configured; every call needs a valid `X-API-Key`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -14,20 +13,43 @@ from urllib.parse import urlsplit, urlunsplit
 from loguru import logger
 
 from server.cache.keys import is_key
-from server.errors import InvalidRequest, NotFound, Unauthorized
+from server.errors import NotFound, Unauthorized
+from server.handlers.audio import HASH_PARAMETER
 from server.handlers.base import BaseHandler
+from server.openapi import Reply, operation
+from server.schemas import (
+    Cleanup,
+    Deleted,
+    PurgeAll,
+    Purged,
+    PurgedAll,
+    PurgeOne,
+    StorageStats,
+    dump,
+    validate_purge,
+)
 from server.settings import SECRET_FIELDS, Settings
 
 MASK = "****"
+ADMIN_ERRORS = (401, 404)
+OBJECT = {"application/json": {"type": "object"}}
+
+
+def admin_operation(operation_id: str, description: str, content: Any, **declared: Any) -> Any:
+    """An admin operation: needs the API key, answers 401 without it and 404 when admin is off."""
+    errors = declared.pop("errors", ADMIN_ERRORS)
+    return operation(
+        operation_id=operation_id,
+        admin=True,
+        replies={200: Reply(description, {"application/json": content})},
+        errors=errors,
+        **declared,
+    )
 
 
 def masked_settings(settings: Settings) -> dict[str, Any]:
     """The effective configuration with secrets (admin keys, passwords in URLs) masked."""
-    config = {
-        f.name: dataclasses.asdict(getattr(settings, f.name))
-        for f in dataclasses.fields(settings)
-        if f.name not in SECRET_FIELDS
-    }
+    config = settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
     url = config["redis"]["url"]
     if url:
         parts = urlsplit(url)
@@ -60,53 +82,57 @@ class AdminHandler(BaseHandler):
 class StorageHandler(AdminHandler):
     route = "/admin/storage"
 
+    @admin_operation("adminStorage", "Statistics", StorageStats)
     async def get(self) -> None:
         """Audio files on this replica's disk, and this worker's L1 size."""
         stats = await self.services.cache.disk.stats()
-        self.write_json({"disk": stats, "l1_bytes": self.services.cache.memory.size_bytes})
+        self.write_json(dump(StorageStats(disk=stats, l1_bytes=self.services.cache.memory.size_bytes)))
 
 
 class CleanupHandler(AdminHandler):
     route = "/admin/cleanup"
 
+    @admin_operation("adminCleanup", "How many files went", Cleanup)
     async def post(self) -> None:
         """Remove expired audio files now."""
-        self.write_json({"removed": await self.services.cache.disk.clean()})
+        self.write_json(dump(Cleanup(removed=await self.services.cache.disk.clean())))
 
 
 class AdminAudioHandler(AdminHandler):
     route = "/admin/audio"
 
+    @admin_operation("adminDeleteAudio", "Gone (or was never there)", Deleted, path=HASH_PARAMETER)
     async def delete(self, key: str) -> None:
         """Delete one entry from every tier."""
         if not is_key(key):
             raise NotFound("no such audio")
         await self.services.cache.delete(key)
-        self.write_json({"deleted": key})
+        self.write_json(dump(Deleted(deleted=key)))
 
 
 class PurgeHandler(AdminHandler):
     route = "/admin/purge"
 
+    @admin_operation(
+        "adminPurge", "Purged", (Purged, PurgedAll), body=(PurgeOne, PurgeAll), errors=(400, *ADMIN_ERRORS)
+    )
     async def post(self) -> None:
-        """Purge one hash (`{"hash": ...}`) or everything (`{"all": true}`)."""
-        body = self.json_fields()
-        if body.get("all") is True and set(body) == {"all"}:
+        """Purge one hash, or everything."""
+        body = validate_purge(self.json_fields())
+        if isinstance(body, PurgeAll):
             removed = await self.services.cache.purge()
-            self.write_json({"purged": "all", "removed": removed})
+            self.write_json(dump(PurgedAll(purged="all", removed=removed)))
             return
-        key = body.get("hash")
-        if set(body) != {"hash"} or not isinstance(key, str) or not is_key(key):
-            raise InvalidRequest('the body must be {"hash": "<64 hex digits>"} or {"all": true}')
-        await self.services.cache.delete(key)
-        self.write_json({"purged": key})
+        await self.services.cache.delete(body.hash)
+        self.write_json(dump(Purged(purged=body.hash)))
 
 
 class RuntimeHandler(AdminHandler):
     route = "/admin/runtime"
 
+    @admin_operation("adminRuntime", "Counters", {"type": "object"})
     def get(self) -> None:
-        """This worker's moving parts, to check that nothing leaks (tasks, slots, connections)."""
+        """This worker's moving parts (tasks, slots, connections), to spot leaks."""
         services = self.services
         scheduler = services.scheduler
         self.write_json(
@@ -140,6 +166,7 @@ def resident_bytes() -> int:
 class ConfigHandler(AdminHandler):
     route = "/admin/config"
 
+    @admin_operation("adminConfig", "Configuration", {"type": "object"})
     def get(self) -> None:
         """The effective configuration, secrets masked."""
         self.write_json(masked_settings(self.services.settings))

@@ -9,12 +9,56 @@ import re
 import zlib
 from typing import Final
 
-from server.audio.formats import BY_EXTENSION, Rendition
+from server.audio.formats import BY_EXTENSION, FORMATS, Rendition
 from server.errors import NotFound, RangeNotSatisfiable
 from server.handlers.base import BaseHandler
+from server.openapi import RATE_LIMIT_HEADERS, Header, Reply, Schema, integer_header, operation
 from server.ratelimit import REQUESTS
+from server.schemas import HASH_PATTERN
 
 _RANGE: Final = re.compile(r"bytes=(\d*)-(\d*)")
+HASH_PARAMETER: Final = {
+    "hash": {"type": "string", "pattern": HASH_PATTERN, "description": "The hash /tts returned"}
+}
+PATH_PARAMETERS: Final = {
+    **HASH_PARAMETER,
+    "ext": {
+        "type": "string",
+        "enum": [f.ext for f in FORMATS.values()],
+        "description": "The audio format's extension",
+    },
+}
+CONDITIONS: Final = {
+    "Range": Header("One byte range, bytes=START-END, bytes=START- or bytes=-SUFFIX"),
+    "If-None-Match": Header("An ETag this client holds"),
+    "If-Range": Header("Send the range only if the ETag still matches"),
+}
+FILE_HEADERS: Final = {
+    "ETag": Header("Strong validator of these bytes", True),
+    "Accept-Ranges": Header("Single byte ranges are supported", True, {"type": "string", "enum": ["bytes"]}),
+    "Cache-Control": Header("Public and immutable for the storage TTL", True),
+    "X-Cache": Header("Tier that had it", True, {"type": "string", "enum": ["l1", "l2", "disk", "s3"]}),
+    **RATE_LIMIT_HEADERS,
+}
+LENGTH: Final = {"Content-Length": integer_header("Bytes in the (partial) body", True)}
+CONTENT_RANGE: Final = Header(
+    "bytes START-END/SIZE", True, {"type": "string", "pattern": r"^bytes \d+-\d+/\d+$"}
+)
+
+
+def audio_content(with_body: bool = True) -> dict[str, Schema]:
+    """Every format's content type, each with a binary body (or none, for HEAD)."""
+    body: Schema = {"type": "string", "format": "binary"} if with_body else {}
+    return {f.content_type: body for f in FORMATS.values()}
+
+
+def file_replies(with_body: bool) -> dict[int, Reply]:
+    audio = audio_content(with_body)
+    return {
+        200: Reply("The whole file", audio, {**FILE_HEADERS, **LENGTH}),
+        206: Reply("The requested range", audio, {**FILE_HEADERS, **LENGTH, "Content-Range": CONTENT_RANGE}),
+        304: Reply("If-None-Match matched the ETag", headers=FILE_HEADERS),
+    }
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -46,10 +90,24 @@ class AudioHandler(BaseHandler):
         self.require_api_key()
         await self.limit(REQUESTS)
 
+    @operation(
+        operation_id="getAudio",
+        path=PATH_PARAMETERS,
+        headers=CONDITIONS,
+        replies=file_replies(with_body=True),
+        errors=(401, 404, 416, 429),
+    )
     async def get(self, key: str, ext: str) -> None:
-        """The audio for a hash that /tts returned, in the format its extension names."""
+        """Stored audio in the format its extension names, with Range and ETag support."""
         await self._send(key, ext, include_body=True)
 
+    @operation(
+        operation_id="headAudio",
+        path=PATH_PARAMETERS,
+        headers=CONDITIONS,
+        replies=file_replies(with_body=False),
+        errors=(401, 404, 416, 429),
+    )
     async def head(self, key: str, ext: str) -> None:
         """Headers only, as for GET."""
         await self._send(key, ext, include_body=False)

@@ -12,10 +12,21 @@ from typing import Any, Final
 import tornado.httputil
 import tornado.web
 from loguru import logger
+from pydantic import BaseModel
 
 from server.auth import KeyRing
 from server.clients import client_address
-from server.errors import BodyTooLarge, InvalidRequest, NotFound, RateLimited, TTSError, Unauthorized
+from server.errors import (
+    BodyTooLarge,
+    HeadersTooLarge,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    TTSError,
+    Unauthorized,
+    UriTooLong,
+)
+from server.schemas import dump, native_error
 from server.services import Services
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -27,6 +38,13 @@ EXPOSED_HEADERS: Final = (
     "Content-Length, Content-Range, ETag, Retry-After, RateLimit-Limit, RateLimit-Remaining, "
     "RateLimit-Reset"
 )
+
+
+def _framework_error(status: int, code: str, message: str) -> TTSError:
+    """An error Tornado raised (or an unexpected one) as ours, so each front door maps one type."""
+    error = TTSError(message)
+    error.status, error.code = status, code
+    return error
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -45,7 +63,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.text_chars: int | None = None
         self.services.lifecycle.in_flight += 1
         self._counted = True
-        limit = self.services.settings.server.max_body_bytes
+        server = self.services.settings.server
+        # Tornado reads header blocks up to a hard cap far above ours (worker.HEADER_HARD_CAP_BYTES)
+        # so that these answer with our JSON instead of a dropped connection.
+        if len(self.request.uri or "") > server.max_header_bytes:
+            raise UriTooLong(f"the request target is longer than {server.max_header_bytes} bytes")
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in self.request.headers.get_all())
+        if header_bytes > server.max_header_bytes:
+            raise HeadersTooLarge(f"the request headers are larger than {server.max_header_bytes} bytes")
+        limit = server.max_body_bytes
         if len(self.request.body) > limit:
             raise BodyTooLarge(f"the request body is larger than {limit} bytes")
 
@@ -234,12 +260,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        param = exc.param if isinstance(exc, TTSError) else None
-        self.finish(json.dumps(self.error_body(status_code, code, message, param), ensure_ascii=False))
+        error = exc if isinstance(exc, TTSError) else _framework_error(status_code, code, message)
+        self.finish(json.dumps(dump(self.error_body(error)), ensure_ascii=False))
 
-    def error_body(self, status: int, code: str, message: str, param: str | None) -> dict[str, Any]:
+    def error_body(self, error: TTSError) -> BaseModel:
         """The native API's error shape; another front door (OpenAI's /v1) overrides this alone."""
-        return {"error": {"code": code, "message": message}}
+        return native_error(error)
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

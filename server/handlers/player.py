@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from server.handlers.base import BaseHandler
+from server.openapi import Header, Reply, operation
 
 PAGE: Final = Path(__file__).resolve().parent.parent / "static" / "player.html"
 # Attribute-less tags only: the hash must cover exactly the text the browser hashes.
@@ -59,8 +60,18 @@ def player_page() -> PlayerPage:
 class PlayerHandler(BaseHandler):
     route = "/"
 
+    @operation(
+        operation_id="player",
+        replies={
+            200: Reply(
+                "A self-contained page under a strict Content-Security-Policy",
+                {"text/html": {"type": "string"}},
+                {"Content-Security-Policy": Header("Hash-based policy", True)},
+            )
+        },
+    )
     def get(self) -> None:
-        """The player page."""
+        """The browser player."""
         page = player_page()
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Content-Security-Policy", page.csp)

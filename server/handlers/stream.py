@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Final
 
 from tornado.iostream import StreamClosedError
 
-from server.audio.formats import PCM, Rendition
+from server.audio.formats import FORMATS, PCM, Rendition
 from server.audio.pcm import CHANNELS
 from server.errors import RateLimited, TTSError
-from server.handlers.tts import SpeechHandler
+from server.handlers.audio import audio_content
+from server.handlers.tts import SPEECH_ERRORS, SpeechHandler
+from server.openapi import RATE_LIMIT_HEADERS, Header, Reply, integer_header, operation
 from server.renditions import EncodedStream
+from server.schemas import StreamFields, validate
+
+STREAM_HEADERS: Final = {
+    "X-Audio-Sample-Rate": integer_header("Samples per second", True),
+    "X-Audio-Channels": integer_header("Always 1 (mono)", True),
+    "X-Audio-Format": Header("Sample format of audio/pcm", schema={"type": "string", "enum": ["s16le"]}),
+    "X-Audio-Hash": Header("The audio's hash (its /audio URL once stored)", True),
+    "X-Cache": Header(
+        "Tier that had it, or miss", True, {"type": "string", "enum": ["l1", "l2", "disk", "s3", "miss"]}
+    ),
+    **RATE_LIMIT_HEADERS,
+}
+STREAMED: Final = {200: Reply("The audio, streamed", audio_content(), STREAM_HEADERS)}
+STREAM_DESCRIPTION: Final = (
+    "audio/pcm is raw s16le mono; audio/wav has a header with unknown length; the compressed "
+    "formats are encoded as the audio arrives. An error after the first audio can only close the "
+    "connection early."
+)
 
 
 class StreamingHandler(SpeechHandler):
@@ -94,16 +114,30 @@ class StreamingHandler(SpeechHandler):
 class StreamHandler(StreamingHandler):
     route = "/tts/stream"
 
+    @operation(
+        operation_id="ttsStream",
+        query=StreamFields,
+        replies=STREAMED,
+        errors=SPEECH_ERRORS,
+        description=STREAM_DESCRIPTION,
+    )
     async def get(self) -> None:
-        """Stream the speech for the query's text as it is synthesized."""
-        await self._stream_fields(self.query_fields())
+        """Audio sent chunk by chunk as it is synthesized (and encoded)."""
+        await self._stream_fields(validate(StreamFields, self.query_fields()))
 
+    @operation(
+        operation_id="ttsStreamPost",
+        body=StreamFields,
+        replies=STREAMED,
+        errors=SPEECH_ERRORS,
+        description=STREAM_DESCRIPTION,
+    )
     async def post(self) -> None:
-        """As GET, with the fields of POST /tts in a JSON body (for texts too long for a URL)."""
-        await self._stream_fields(dict(self.json_fields()))
+        """As GET, with the fields in a JSON body (for texts too long for a URL)."""
+        await self._stream_fields(validate(StreamFields, self.json_fields()))
 
-    async def _stream_fields(self, fields: dict[str, Any]) -> None:
-        rendition = Rendition(self.audio_format(fields, "pcm"))
+    async def _stream_fields(self, fields: StreamFields) -> None:
+        rendition = Rendition(FORMATS[fields.format])
         request = self.speech_request(fields)
         with self.stream_slot():
             stream = await self.services.renditions.stream(request, rendition, self.client_id)

@@ -1,14 +1,22 @@
-"""`/tts`: synthesize (or find) the audio and answer with a URL to it in the asked format."""
+"""`/tts`: synthesize (or find) the audio and answer with a URL to its file in the asked format."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Final
 
-from server.audio.formats import AudioFormat, Rendition
+from server.audio.formats import FORMATS, Rendition
+from server.clients import request_origin
+from server.errors import InvalidRequest
 from server.handlers.base import BaseHandler
+from server.openapi import RATE_LIMIT_HEADERS, Reply, operation
 from server.ratelimit import REQUESTS
-from server.request import SpeechRequest, parse_format, parse_speech_request
+from server.request import SpeechRequest, speech_request
+from server.schemas import SpeechFields, Synthesis, TTSFields, dump, validate
+
+SPEECH_ERRORS: Final = (400, 401, 413, 429, 503)
+STORED: Final = {
+    200: Reply("Stored; audio_url serves it", {"application/json": Synthesis}, RATE_LIMIT_HEADERS)
+}
 
 
 class SpeechHandler(BaseHandler):
@@ -19,50 +27,70 @@ class SpeechHandler(BaseHandler):
         self.require_api_key()
         await self.limit(REQUESTS)
 
-    def audio_format(self, fields: dict[str, Any], default: str) -> AudioFormat:
-        """Take `format` out of the fields (it changes the encoding, never the audio key)."""
-        return parse_format(fields.pop("format", None), default)
-
-    def speech_request(self, fields: Mapping[str, Any]) -> SpeechRequest:
+    def speech_request(self, fields: SpeechFields) -> SpeechRequest:
         synthesis = self.services.settings.synthesis
-        request = parse_speech_request(
+        request = speech_request(
             fields, default_voice=synthesis.default_voice, max_chars=synthesis.max_text_chars
         )
         self.voice, self.text_chars = request.voice, len(request.text)
         return request
 
     def base_url(self) -> str:
+        """public_url, else the request's own origin when its host is one we serve."""
         public = self.services.settings.server.public_url
         if public:
             return public.rstrip("/")
-        return f"{self.request.protocol}://{self.request.host}"
+        headers = self.request.headers
+        origin = request_origin(
+            protocol=self.request.protocol,
+            host=self.request.host,
+            peer=self.request.remote_ip or "",
+            forwarded_proto=headers.get("X-Forwarded-Proto"),
+            forwarded_host=headers.get("X-Forwarded-Host"),
+            trusted=self.services.trusted_proxies,
+            allowed=self.services.allowed_hosts,
+        )
+        if origin is None:
+            raise InvalidRequest("unknown Host: set server.public_url or add it to server.allowed_hosts")
+        return origin
 
 
 class TTSHandler(SpeechHandler):
     route = "/tts"
 
+    @operation(operation_id="ttsGet", query=TTSFields, replies=STORED, errors=SPEECH_ERRORS)
     async def get(self) -> None:
-        """Synthesize from query arguments."""
-        await self._respond(self.query_fields())
+        """Synthesize (or find) the audio in the asked format; answers with its URL."""
+        await self._respond(validate(TTSFields, self.query_fields()))
 
+    @operation(operation_id="ttsPost", body=TTSFields, replies=STORED, errors=SPEECH_ERRORS)
     async def post(self) -> None:
-        """Synthesize from a JSON body with the same fields."""
-        await self._respond(dict(self.json_fields()))
+        """As GET, with the fields in a JSON body."""
+        await self._respond(validate(TTSFields, self.json_fields()))
 
-    async def _respond(self, fields: dict[str, Any]) -> None:
-        audio_format = self.audio_format(fields, "wav")
+    async def _respond(self, fields: TTSFields) -> None:
+        rendition = Rendition(FORMATS[fields.format])
         request = self.speech_request(fields)
-        audio = await self.services.renditions.file(request, Rendition(audio_format), self.client_id)
+        base = self.base_url()  # before any work: a request we cannot answer costs nothing
+        audio = await self.services.renditions.file(request, rendition, self.client_id)
         self.cache_tier = audio.tier
-        self.write_json(
-            {
-                "hash": audio.key,
-                "text": request.text,
-                "speed": request.speed,
-                "voice": request.voice,
-                "audio_url": f"{self.base_url()}/audio/{audio.key}.{audio_format.ext}",
-                "duration_s": round(audio.duration_s or 0.0, 3),
-                "sample_rate": audio.sample_rate,
-                "cache": audio.tier,
-            }
+        path = f"/audio/{audio.key}.{rendition.format.ext}"
+        audio_url, expires_at = f"{base}{path}", None
+        direct = await self.services.cache.direct_url(audio.key, rendition.suffix)
+        if direct is not None:  # the bytes need not pass through our workers
+            audio_url, expires = direct
+            if expires is not None:
+                expires_at = expires.isoformat().replace("+00:00", "Z")
+        synthesis = Synthesis(
+            hash=audio.key,
+            text=request.text,
+            speed=request.speed,
+            voice=request.voice,
+            audio_url=audio_url,
+            audio_path=path,
+            expires_at=expires_at,
+            duration_s=round(audio.duration_s or 0.0, 3),
+            sample_rate=audio.sample_rate,
+            cache=audio.tier,  # type: ignore[arg-type]
         )
+        self.write_json(dump(synthesis))

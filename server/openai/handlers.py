@@ -13,47 +13,69 @@ import base64
 import json
 from typing import Any, Final
 
+from pydantic import BaseModel
+
 from server.audio.formats import FORMATS, PCM, Rendition
-from server.errors import NotFound
+from server.errors import NotFound, TTSError
+from server.handlers.audio import audio_content
 from server.handlers.base import BaseHandler
-from server.handlers.stream import StreamingHandler
+from server.handlers.stream import STREAM_HEADERS, StreamingHandler
 from server.openai.schemas import (
     AudioModel,
     AudioModels,
     AudioVoice,
     AudioVoices,
-    Model,
     ModelList,
+    ModelObject,
     SpeechBody,
     parse_speech_body,
 )
 from server.openai.voices import MODELS, resolve_voice
+from server.openapi import Reply, operation
 from server.renditions import EncodedStream
 from server.request import SpeechRequest, parse_speech_request
+from server.schemas import OpenAIError, OpenAIErrorDetail, openai_error
 
 PCM_RATE: Final = 24000  # OpenAI's `pcm` is 24 kHz whatever the voice's rate
 OWNER: Final = "tts-server"
 SSE: Final = "text/event-stream"
+SPEECH_ERRORS: Final = (400, 401, 413, 429, 503)
+SPOKEN: Final = {
+    200: Reply(
+        "The audio in response_format, streamed; or with stream_format sse, its base64 events",
+        {**audio_content(), SSE: {"type": "string"}},
+        STREAM_HEADERS,
+    )
+}
 
 
-def error_type(status: int) -> str:
-    if status == 429:
-        return "rate_limit_error"
-    return "server_error" if status >= 500 else "invalid_request_error"
+def listed(description: str, model: type[BaseModel]) -> dict[int, Reply]:
+    return {200: Reply(description, {"application/json": model})}
 
 
 class OpenAIErrors(BaseHandler):
     """Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, same statuses."""
 
-    def error_body(self, status: int, code: str, message: str, param: str | None) -> dict[str, Any]:
-        if param == "text":  # the shared services name the native field; this dialect calls it `input`
-            param, message = "input", message.replace("text", "input", 1)
-        return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+    def error_body(self, error: TTSError) -> BaseModel:
+        body = openai_error(error)
+        if body.error.param == "text":  # the shared services name the native field; OpenAI's is `input`
+            detail = body.error.model_dump()
+            detail.update(param="input", message=body.error.message.replace("text", "input", 1))
+            body = OpenAIError(error=OpenAIErrorDetail(**detail))
+        return body
 
 
 class OpenAISpeechHandler(OpenAIErrors, StreamingHandler):
     route = "/v1/audio/speech"
 
+    @operation(
+        operation_id="openaiSpeech",
+        body=SpeechBody,
+        replies=SPOKEN,
+        errors=SPEECH_ERRORS,
+        error_model=OpenAIError,
+        tags=("openai",),
+    )
     async def post(self) -> None:
         """Speak `input` in `response_format`, streamed as it is synthesized (or as SSE events)."""
         body = parse_speech_body(self.json_fields())
@@ -110,17 +132,29 @@ def _event(payload: dict[str, Any]) -> bytes:
 class ModelsHandler(OpenAIErrors):
     route = "/v1/models"
 
+    @operation(
+        operation_id="openaiModels",
+        replies=listed("OpenAI's model list", ModelList),
+        error_model=OpenAIError,
+        tags=("openai",),
+    )
     def get(self) -> None:
         """OpenAI's model list: the TTS model names and every voice id (a voice id as model picks it)."""
         created = int(self.services.lifecycle.started_at)
         ids = [*MODELS, *(info.id for info in self.services.catalog.infos())]
-        models = ModelList(data=[Model(id=i, created=created, owned_by=OWNER) for i in ids])
+        models = ModelList(data=[ModelObject(id=i, created=created, owned_by=OWNER) for i in ids])
         self.write_json(models.model_dump())
 
 
 class AudioModelsHandler(OpenAIErrors):
     route = "/v1/audio/models"
 
+    @operation(
+        operation_id="openaiAudioModels",
+        replies=listed("The speech models", AudioModels),
+        error_model=OpenAIError,
+        tags=("openai",),
+    )
     def get(self) -> None:
         """The speech models, in the shape Open WebUI reads for its model menu."""
         self.write_json(AudioModels(models=[AudioModel(id=model) for model in MODELS]).model_dump())
@@ -129,6 +163,12 @@ class AudioModelsHandler(OpenAIErrors):
 class AudioVoicesHandler(OpenAIErrors):
     route = "/v1/audio/voices"
 
+    @operation(
+        operation_id="openaiAudioVoices",
+        replies=listed("The voices", AudioVoices),
+        error_model=OpenAIError,
+        tags=("openai",),
+    )
     def get(self) -> None:
         """Our voices, in the shape Open WebUI reads for its voice menu."""
         voices = [AudioVoice(id=i.id, name=i.id, language=i.language) for i in self.services.catalog.infos()]

