@@ -383,3 +383,25 @@ def test_workers_times_threads_never_exceed_the_cores(cores_and_workers):
     assert count >= 1
     assert threads >= 1
     assert count * threads <= cores
+
+
+def test_openai_voices_come_from_a_mapping_or_name_value_pairs_in_the_environment():
+    environ = {"TTS__OPENAI__VOICES": "alloy=en_US-joe-medium, nova=en_US-amy-medium"}
+    settings = load_settings(CONFIG, environ=environ)
+    assert settings.openai.voices == {"alloy": "en_US-joe-medium", "nova": "en_US-amy-medium"}
+    assert hash(settings) == hash(load_settings(CONFIG, environ=environ))
+
+
+def test_openai_voices_without_pairs_name_the_key():
+    with pytest.raises(SettingsError) as caught:
+        load_settings(CONFIG, environ={"TTS__OPENAI__VOICES": "alloy"})
+    assert (caught.value.key, caught.value.reason) == (
+        "openai.voices",
+        "expected name=value pairs separated by commas, got 'alloy'",
+    )
+
+
+def test_public_api_keys_come_from_their_own_variable():
+    settings = load_settings(CONFIG, environ={"TTS_API_KEYS": f"{'p' * 16},{'q' * 16}"})
+    assert settings.api_keys == ("p" * 16, "q" * 16)
+    assert settings.admin_api_keys == ()
