@@ -9,6 +9,7 @@
 #
 # Environment:
 #   TTS_GPU=1     install onnxruntime-gpu (extra "gpu") instead of onnxruntime (extra "cpu")
+#   TTS_TEST_WORKERS  pytest-xdist workers for `test` (default 3)
 #   UV_VERSION    uv release bootstrapped into .tools/ when no uv is on PATH
 #
 # Safe to run repeatedly: when .venv already matches uv.lock, set-up is a quick no-op.
@@ -33,6 +34,7 @@ commands:
 
 environment:
   TTS_GPU=1         use onnxruntime-gpu (extra "gpu") instead of onnxruntime (extra "cpu")
+  TTS_TEST_WORKERS  pytest-xdist workers for `test` (default 3)
 EOF
 }
 
@@ -108,7 +110,9 @@ case "$cmd" in
     test)
         setup dev
         ensure_chromium
-        exec .venv/bin/python -m pytest "$@"
+        # Most tests wait on real server processes rather than compute, so three workers fit
+        # two cores; `./start.sh test -n 0 ...` runs in one process (the last -n wins).
+        exec .venv/bin/python -m pytest -n "${TTS_TEST_WORKERS:-3}" "$@"
         ;;
     bench)
         setup dev

@@ -84,9 +84,10 @@ def redis_server_binary() -> str:
 class RedisProcess:
     """A throw-away redis-server on a loopback port."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, env: Mapping[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -290,9 +291,10 @@ AWS_ENV = {
 class MotoProcess:
     """A real S3 API server (moto's server mode) on a loopback port; in memory, so a restart empties it."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, env: Mapping[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -306,7 +308,7 @@ class MotoProcess:
             [str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **AWS_ENV},
+            env={**os.environ, **AWS_ENV, **self.env},
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

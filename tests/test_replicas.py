@@ -110,3 +110,20 @@ def test_a_url_minted_while_redis_was_down_reaches_other_replicas_when_it_return
     assert (served.status, served.headers["X-Cache"]) == (200, "l2")
     assert served.body == restarted.get(path).body
     assert list((tmp_path / "a" / "audio" / "journal").glob("*.pending")) == []
+
+
+def test_an_entry_dropped_from_a_full_journal_is_still_served_by_its_replica(
+    make_server, make_redis, tmp_path
+):
+    redis = make_redis()
+    env = {"TTS__REDIS__URL": redis.url, "TTS__STORAGE__JOURNAL_MAX_ENTRIES": "1"}
+    proc = make_server(env, workdir=tmp_path / "a")
+    redis.stop()
+    dropped = proc.get("/tts?" + query(text=unique_text("Dropped from the journal"))).json()
+    proc.get("/tts?" + query(text=unique_text("Kept in the journal")))
+    assert proc.metric("tts_journal_dropped_total") == 1
+    proc.stop()  # a new process: nothing in memory, only the disk serves
+
+    served = make_server(env, workdir=tmp_path / "a").get(dropped["audio_path"])
+
+    assert (served.status, served.headers["X-Cache"]) == (200, "disk")

@@ -65,6 +65,22 @@ def test_a_replica_serves_another_replicas_url_from_the_store_after_redis_forget
     assert served.body == wav
 
 
+def test_with_redis_down_a_url_minted_on_one_replica_is_served_by_another_from_the_store(
+    bucket, make_server, make_redis
+):
+    redis = make_redis()
+    env = s3_env(bucket, BUCKET, TTS__REDIS__URL=redis.url)
+    first, second = make_server(env), make_server(env)
+    redis.stop()
+
+    made = first.get("/tts?" + query(text=unique_text("Minted while Redis is out")))
+    served = second.get(made.json()["audio_path"])
+
+    assert made.status == 200
+    assert (served.status, served.headers["X-Cache"]) == (200, "s3")
+    assert served.body == first.get(made.json()["audio_path"]).body
+
+
 def test_presigned_urls_fetch_the_wav_straight_from_the_store_until_expires_at(bucket, make_server):
     proc = make_server(s3_env(bucket, BUCKET, TTS__S3__PRESIGN_S="600"))
     before = time.time()
@@ -116,6 +132,19 @@ def test_a_missing_bucket_stops_the_server_naming_bucket_and_endpoint(moto_serve
     assert err == f"object store: bucket 'no-such-bucket' at {moto_server.url} does not exist"
 
 
+def test_a_bucket_that_denies_access_stops_the_server_naming_bucket_and_endpoint(tmp_path):
+    # moto enforces IAM after its first two calls (its own start-up listing and the bucket's
+    # creation); the dummy credentials are unknown to it then, as a wrong key would be on AWS.
+    moto = MotoProcess(tmp_path / "moto", env={"INITIAL_NO_AUTH_ACTION_COUNT": "2"}).start()
+    try:
+        moto.create_bucket(BUCKET)
+        code, err = start_failing(tmp_path, s3_env(moto, BUCKET))
+    finally:
+        moto.stop()
+    assert code == 2
+    assert err == f"object store: bucket '{BUCKET}' at {moto.url} denies access"
+
+
 def test_an_unreachable_store_keeps_the_worker_unready_until_it_answers(make_server, tmp_path):
     moto = MotoProcess(tmp_path / "late-moto")  # its port, nothing listening yet
     proc = make_server(s3_env(moto, BUCKET), wait_ready=False)
@@ -145,14 +174,19 @@ def test_during_a_store_outage_tts_is_200_from_redis_else_503_and_the_journal_ca
     proc = make_server(s3_env(bucket, BUCKET, TTS__REDIS__URL=redis.url, TTS__REDIS__PROBE_INTERVAL_S="0.5"))
     bucket.stop()
 
+    # Within the store's timeout (1 s here) plus synthesis: a bound on a hang, not a speed target.
+    started = time.monotonic()
     held = proc.get("/tts?" + query(text=unique_text("Redis holds it")))
     assert held.status == 200
+    assert time.monotonic() - started < 10
     ready = proc.get("/readyz").json()
     assert (ready["store"], ready["degraded"]) == ("degraded", ["store"])
 
     redis.stop()
+    started = time.monotonic()
     lost = proc.get("/tts?" + query(text=unique_text("Nowhere shared")))
     assert lost.status == 503
+    assert time.monotonic() - started < 10
     assert lost.json()["error"]["code"] == "storage_unavailable"
     assert lost.headers["Retry-After"] == "5"
 

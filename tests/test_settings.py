@@ -405,3 +405,17 @@ def test_public_api_keys_come_from_their_own_variable():
     settings = load_settings(CONFIG, environ={"TTS_API_KEYS": f"{'p' * 16},{'q' * 16}"})
     assert settings.api_keys == ("p" * 16, "q" * 16)
     assert settings.admin_api_keys == ()
+
+
+def test_public_api_keys_also_come_from_a_file_one_per_line(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text(f"{'r' * 16}\n\n{'s' * 16}\n", encoding="utf-8")
+    settings = load_settings(CONFIG, environ={"TTS_API_KEYS_FILE": str(keys)})
+    assert settings.api_keys == ("r" * 16, "s" * 16)
+
+
+def test_public_api_keys_are_not_read_from_the_config_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"api_keys: [{'k' * 20}]\n", encoding="utf-8")
+    error = _error({}, path)
+    assert (error.key, error.reason) == ("api_keys", "unknown section")
