@@ -227,6 +227,41 @@ class StorageStats(Model):
     l1_bytes: int = Field(ge=0)
 
 
+class SchedulerCounters(Model):
+    admitted: int = Field(ge=0, description="Syntheses admitted (running or waiting)")
+    queued: int = Field(ge=0, description="Jobs waiting for an inference slot")
+    running: int = Field(ge=0, description="Inference calls running now")
+
+
+class RedisRuntime(Model):
+    state: str = Field(description="ok, degraded or off")
+    pool: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
+        description="Pooled connections in use and idle; null where the client keeps no pool"
+    )
+
+
+class Runtime(Model):
+    """One worker's moving parts, to spot leaks (tasks, slots, connections) from outside."""
+
+    pid: int
+    rss_bytes: int = Field(ge=0)
+    asyncio_tasks: int = Field(ge=0)
+    in_flight_requests: int = Field(ge=0)
+    syntheses: int = Field(ge=0)
+    scheduler: SchedulerCounters
+    open_streams: int = Field(ge=0)
+    redis: RedisRuntime
+    l1_bytes: int = Field(ge=0)
+
+
+class EffectiveConfig(Model):
+    """The settings as the server runs them (every section of config.yaml), secrets masked."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    admin_api_keys: str = Field(description="How many admin keys are configured, never the keys")
+    api_keys: str = Field(description="How many public API keys are configured, never the keys")
+
+
 class Cleanup(Model):
     removed: int = Field(ge=0)
 

@@ -20,10 +20,14 @@ from server.openapi import Reply, operation
 from server.schemas import (
     Cleanup,
     Deleted,
+    EffectiveConfig,
     PurgeAll,
     Purged,
     PurgedAll,
     PurgeOne,
+    RedisRuntime,
+    Runtime,
+    SchedulerCounters,
     StorageStats,
     dump,
     validate_purge,
@@ -130,28 +134,25 @@ class PurgeHandler(AdminHandler):
 class RuntimeHandler(AdminHandler):
     route = "/admin/runtime"
 
-    @admin_operation("adminRuntime", "Counters", {"type": "object"})
+    @admin_operation("adminRuntime", "Counters", Runtime)
     def get(self) -> None:
         """This worker's moving parts (tasks, slots, connections), to spot leaks."""
         services = self.services
         scheduler = services.scheduler
-        self.write_json(
-            {
-                "pid": os.getpid(),
-                "rss_bytes": resident_bytes(),
-                "asyncio_tasks": len(asyncio.all_tasks()),
-                "in_flight_requests": services.lifecycle.in_flight,
-                "syntheses": services.speech.flights,
-                "scheduler": {
-                    "admitted": scheduler.active,
-                    "queued": scheduler.queued,
-                    "running": scheduler.running,
-                },
-                "open_streams": sum(services.streams_by_client.values()),
-                "redis": {"state": services.cache.redis.state, "pool": services.cache.redis.pool_stats()},
-                "l1_bytes": services.cache.memory.size_bytes,
-            }
+        runtime = Runtime(
+            pid=os.getpid(),
+            rss_bytes=resident_bytes(),
+            asyncio_tasks=len(asyncio.all_tasks()),
+            in_flight_requests=services.lifecycle.in_flight,
+            syntheses=services.speech.flights,
+            scheduler=SchedulerCounters(
+                admitted=scheduler.active, queued=scheduler.queued, running=scheduler.running
+            ),
+            open_streams=sum(services.streams_by_client.values()),
+            redis=RedisRuntime(state=services.cache.redis.state, pool=services.cache.redis.pool_stats()),
+            l1_bytes=services.cache.memory.size_bytes,
         )
+        self.write_json(dump(runtime))
 
 
 def resident_bytes() -> int:
@@ -166,7 +167,7 @@ def resident_bytes() -> int:
 class ConfigHandler(AdminHandler):
     route = "/admin/config"
 
-    @admin_operation("adminConfig", "Configuration", {"type": "object"})
+    @admin_operation("adminConfig", "Configuration", EffectiveConfig)
     def get(self) -> None:
         """The effective configuration, secrets masked."""
         self.write_json(masked_settings(self.services.settings))
