@@ -11,6 +11,9 @@ import subprocess
 import time
 import wave
 
+import av
+import openai
+
 from tests.conftest import ROOT, free_port, query, request
 
 GRACE_S = 10
@@ -70,6 +73,11 @@ def test_start_sh_serves_speech_and_stops_on_sigterm(tmp_path):
         assert audio.status == 200
         with wave.open(io.BytesIO(audio.body)) as wav:
             assert wav.getnframes() / wav.getframerate() > 0.3
+        # An app written for OpenAI's API, with only its base URL changed.
+        with openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120) as sdk:
+            mp3 = sdk.audio.speech.create(model="tts-1", voice="alloy", input="And it speaks OpenAI's API.")
+        with av.open(io.BytesIO(mp3.content)) as container:
+            assert container.streams.audio[0].codec_context.name == "mp3float"
 
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(GRACE_S) == 0
