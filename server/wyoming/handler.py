@@ -259,7 +259,7 @@ class Connection(AsyncEventHandler):
         self, text: str, voice: str, speaker: str | None, *, ends: bool, streaming: bool
     ) -> None:
         job = _Speak(text, voice, speaker, ends, streaming)
-        if normalize_text(text) and not streaming:
+        if not streaming:
             self._request(job)  # a bad one-shot request is answered now, before anything is queued
         self._pending += 1
         self._services.lifecycle.in_flight += 1  # the drain waits for it like an HTTP request
