@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from server.audio.pcm import parse_wav
 from server.synthesis.files import bundled_voice
+from server.wyoming.discovery import SERVICE_TYPE, lock_path, take_lock
 from server.wyoming.sentences import split_sentences
 from tests.conftest import ServerProcess, free_port, query, unique_text
 
@@ -37,6 +39,7 @@ OTHER_VOICE = "de_DE-test-medium"  # joe's model under another id, language and 
 OTHER_ATTRIBUTION = {"name": "Test Maker", "url": "https://example.com/voice"}
 AUDIO_END = ("audio-stop", "error")
 READ_TIMEOUT_S = 60
+IDLE_S = 2  # the module server's wyoming.idle_timeout_s
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -66,9 +69,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("wyoming"), wyoming_env(TTS__SYNTHESIS__MODELS_DIR=str(models))
-    ).start()
+    env = wyoming_env(
+        TTS__SYNTHESIS__MODELS_DIR=str(models),
+        TTS__WYOMING__IDLE_TIMEOUT_S=str(IDLE_S),
+        TTS__WYOMING__ZEROCONF="true",
+        TTS__WYOMING__ZEROCONF_NAME=f"tts-test-{uuid.uuid4().hex[:12]}",
+    )
+    proc = ServerProcess(tmp_path_factory.mktemp("wyoming"), env).start()
     yield proc
     proc.stop()
 
@@ -430,6 +437,23 @@ def test_a_client_leaving_mid_synthesis_stops_it(server):
     assert after_leaving - before < 40  # far fewer windows than the 41 sentences need
 
 
+def test_a_connection_with_nothing_to_do_is_closed_after_the_idle_timeout(server):
+    async def silent() -> tuple[bytes, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", wyoming_port(server))
+        started = time.monotonic()
+        try:
+            writer.write(b'{"type": "desc')  # a header that never ends keeps nobody busy
+            return await asyncio.wait_for(reader.read(), READ_TIMEOUT_S), time.monotonic() - started
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    answer, waited = asyncio.run(silent())
+
+    assert answer == b""
+    assert IDLE_S <= waited < IDLE_S + 5
+
+
 def test_each_connection_logs_with_its_own_request_id_and_never_the_text(server):
     text = unique_text("Logged secret")
     exchange(wyoming_port(server), Synthesize(text=text).event())
@@ -534,3 +558,41 @@ def test_sigterm_lets_open_wyoming_syntheses_finish_on_every_worker(make_server)
     assert len(pcm(events)) > 22050 * 2 * 5  # over five seconds of audio arrived after the signal
     assert server.proc.returncode == 0
     assert len({entry["pid"] for entry in listening}) == 2  # both workers hold the port
+
+
+# -- discovery -------------------------------------------------------------------------------
+
+
+def test_zeroconf_announces_the_wyoming_port_on_the_lan(server):
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    name = f"{server.env['TTS__WYOMING__ZEROCONF_NAME']}.{SERVICE_TYPE}"
+
+    async def look() -> AsyncServiceInfo | None:
+        zeroconf = AsyncZeroconf()
+        try:
+            return await zeroconf.async_get_service_info(SERVICE_TYPE, name, timeout=10_000)
+        finally:
+            await zeroconf.async_close()
+
+    info = asyncio.run(look())
+
+    assert info is not None
+    assert info.port == wyoming_port(server)
+    assert info.parsed_addresses() == ["127.0.0.1"]  # wyoming.host: loopback, as configured
+
+
+def test_only_one_worker_of_a_server_holds_the_announcement(tmp_path):
+    path = lock_path(free_port())
+    first = take_lock(path)
+    try:
+        second = take_lock(path)  # another open of the file: what another worker would do
+        assert first is not None
+        assert second is None
+    finally:
+        if first is not None:
+            os.close(first)
+    third = take_lock(path)  # the holder is gone: the next try takes over
+    assert third is not None
+    os.close(third)
+    path.unlink()

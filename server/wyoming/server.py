@@ -10,6 +10,7 @@ worker stops accepting, waits for open syntheses with its HTTP requests (they co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from functools import partial
 from typing import TYPE_CHECKING, Final
@@ -18,6 +19,7 @@ from loguru import logger
 from wyoming.server import AsyncTcpServer
 
 from server.clients import parse_networks
+from server.wyoming.discovery import Announcer
 from server.wyoming.events import Bounds
 from server.wyoming.handler import Connection
 
@@ -35,6 +37,7 @@ class WyomingServer(AsyncTcpServer):
         self.settings = settings
         self.bounds = Bounds(settings.max_line_bytes, settings.max_data_bytes, settings.max_payload_bytes)
         self._networks = parse_networks(settings.allowed_networks)
+        self._announcing: asyncio.Task[None] | None = None
 
     def allows(self, peer: str) -> bool:
         """Whether a peer address is in `wyoming.allowed_networks` (IPv4-mapped IPv6 as IPv4)."""
@@ -54,6 +57,14 @@ class WyomingServer(AsyncTcpServer):
             callback, host=self.host, port=self.port, reuse_port=True, limit=self.bounds.line_bytes
         )
         logger.info("wyoming listening on {}:{}", self.host, self.port)
+        if self.settings.zeroconf:
+            self._announcing = asyncio.ensure_future(self._announce())
+
+    async def _announce(self) -> None:
+        try:
+            await Announcer(self.settings).run()
+        except OSError as exc:  # no multicast route, say: the server works, only undiscovered
+            logger.error("wyoming zeroconf announcement failed: {}", exc)
 
     def stop_accepting(self) -> None:
         """Drain: no new connections; open ones go on."""
@@ -62,6 +73,10 @@ class WyomingServer(AsyncTcpServer):
 
     async def close(self) -> None:
         """Close every connection (cancelling what is left of its synthesis) and wait for them."""
+        if self._announcing is not None:
+            self._announcing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._announcing
         await self.stop()
         tasks = list(self._handlers)
         if tasks:
