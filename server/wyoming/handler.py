@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from loguru import logger
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -45,6 +46,7 @@ from server.wyoming.voices import describe, select_voice
 if TYPE_CHECKING:
     from server.wyoming.server import WyomingServer
 
+E = TypeVar("E")
 SAMPLE_WIDTH: Final = 2  # s16le
 CHANNELS: Final = 1
 MAX_QUEUED: Final = 32  # sentences waiting to be spoken; past it the connection stops reading
@@ -101,6 +103,7 @@ class Connection(AsyncEventHandler):
         self._session_text = ""  # streamed text not yet a complete sentence
         self._session_open = False  # from synthesize-start until synthesize-stopped is sent
         self._audio_open = False  # audio-start sent, audio-stop not yet
+        self._worker: asyncio.Future[None] | None = None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -112,7 +115,7 @@ class Connection(AsyncEventHandler):
             self.writer.close()
             return
         self._log.info("wyoming connection from {}", self.peer)
-        worker = asyncio.ensure_future(self._work())
+        worker = self._worker = asyncio.ensure_future(self._work())
         reading: asyncio.Future[Event | None] | None = None
         idle_s = self._owner.settings.idle_timeout_s
         try:
@@ -139,7 +142,7 @@ class Connection(AsyncEventHandler):
             for task in (reading, worker):
                 if task is not None:
                     task.cancel()
-                    with contextlib.suppress(BaseException):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
             self._services.lifecycle.in_flight -= self._pending
             self._pending = 0
@@ -201,7 +204,7 @@ class Connection(AsyncEventHandler):
         return "ok"
 
     @staticmethod
-    def _parse(parse, event: Event):  # type: ignore[no-untyped-def]
+    def _parse(parse: Callable[[Event], E], event: Event) -> E:
         """An event's data as the package's dataclass; wrong shapes are a client error, not a crash."""
         try:
             parsed = parse(event)
@@ -263,7 +266,14 @@ class Connection(AsyncEventHandler):
             self._request(job)  # a bad one-shot request is answered now, before anything is queued
         self._pending += 1
         self._services.lifecycle.in_flight += 1  # the drain waits for it like an HTTP request
-        await self._queue.put(job)
+        assert self._worker is not None
+        putting = asyncio.ensure_future(self._queue.put(job))
+        # A full queue waits for the worker; a worker that ended (its peer stopped reading) never
+        # makes room, so that wait must end with it.
+        await asyncio.wait({putting, self._worker}, return_when=asyncio.FIRST_COMPLETED)
+        if not putting.done():
+            putting.cancel()
+            raise ConnectionEnded
 
     def _request(self, job: _Speak) -> SpeechRequest:
         synthesis = self._services.settings.synthesis
@@ -288,8 +298,8 @@ class Connection(AsyncEventHandler):
             except TTSError as error:
                 self._count("synthesize-chunk" if job.streaming else "synthesize", "error")
                 await self._send(_error_event(error))
-                if self._audio_open:
-                    # Part of the audio went out: it cannot be mended, so the connection ends here.
+                if job.streaming or self._audio_open:
+                    # Part of the answer is lost: it cannot be mended, so the connection ends here.
                     raise ConnectionEnded from None
             finally:
                 self._pending -= 1
