@@ -219,6 +219,9 @@ class Connection(AsyncEventHandler):
 
     def _voice(self, wanted: SynthesizeVoice | None) -> tuple[str, str | None]:
         catalog = self._services.catalog
+        if not catalog.ready and wanted is not None and (wanted.name or wanted.language):
+            # Only loaded voices are known: a name asked for during loading is not yet unknown.
+            raise NotReady(catalog.problem or "voices are still loading", retry_after_s=2)
         voice = select_voice(catalog.infos(), catalog.default_voice, wanted)
         return voice, wanted.speaker if wanted is not None else None
 
