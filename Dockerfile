@@ -70,10 +70,14 @@ ENV PATH=/app/.venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TTS__SERVER__HOST=0.0.0.0 \
+    TTS__WYOMING__ENABLED=true \
+    TTS__WYOMING__HOST=0.0.0.0 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/tts-metrics \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
-EXPOSE 8888
+# HTTP, and Wyoming for Home Assistant (whose peers wyoming.allowed_networks must name: loopback
+# only until compose, Kubernetes or TTS__WYOMING__ALLOWED_NETWORKS opens a range).
+EXPOSE 8888 10200
 # For docker and compose; Kubernetes ignores it and uses the probes in config/kubernetes/.
 # The slim image has no curl. urlopen raises (exit status 1) on a refused connection or non-2xx.
 # The port is the configured one (config.yaml, TTS_CONFIG or TTS__SERVER__PORT), read by the

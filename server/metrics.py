@@ -105,6 +105,12 @@ class Metrics:
         self.journal_dropped = Counter(
             "tts_journal_dropped_total", "Journal entries dropped (journal full or file gone).", registry=r
         )
+        self.wyoming_events = Counter(
+            "tts_wyoming_events_total",
+            "Wyoming events received, by type (unknown types as 'unknown') and outcome.",
+            ["type", "outcome"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -227,6 +227,34 @@ class OpenAISettings(Section):
         return value
 
 
+class WyomingSettings(Section):
+    """The Wyoming front door (Home Assistant's voice pipeline): a TCP server in every worker."""
+
+    enabled: bool = False
+    # Wyoming has no authentication: loopback by default, and only allowed_networks may connect.
+    host: str = "127.0.0.1"
+    port: int = Field(10200, ge=1, le=65535)
+    allowed_networks: StrList = ("127.0.0.0/8", "::1/128")
+    max_line_bytes: int = Field(8192, ge=256, le=1 * MIB)
+    max_data_bytes: int = Field(65536, ge=256, le=16 * MIB)
+    max_payload_bytes: int = Field(65536, ge=0, le=16 * MIB)
+    idle_timeout_s: float = Field(60.0, ge=1, le=3600)
+    zeroconf: bool = False
+    zeroconf_name: str = ""
+    attribution_name: str = "Piper"
+    attribution_url: str = "https://github.com/OHF-Voice/piper1-gpl"
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks_are_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or network: {network!r}") from None
+        return value
+
+
 class RedisSettings(Section):
     url: str = ""
     timeout_s: float = Field(0.25, ge=0.01, le=30)
@@ -307,6 +335,7 @@ class Settings(BaseSettings):
     synthesis: SynthesisSettings = SynthesisSettings()
     audio: AudioSettings = AudioSettings()
     openai: OpenAISettings = OpenAISettings()
+    wyoming: WyomingSettings = WyomingSettings()
     redis: RedisSettings = RedisSettings()
     storage: StorageSettings = StorageSettings()
     s3: S3Settings = S3Settings()

@@ -26,6 +26,7 @@ from server.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from server.services import Services
+    from server.wyoming.server import WyomingServer
 
 TICK_S = 0.25
 # Past this Tornado can only drop the connection; up to it, BaseHandler answers 414 or 431 against
@@ -77,18 +78,38 @@ async def serve(
         sock.setblocking(False)
         server.add_socket(sock)
     startup = asyncio.ensure_future(services.start())
+    wyoming = await start_wyoming(services)
     try:
         while keep_running():
             await asyncio.sleep(TICK_S)
     finally:
-        await drain(server, services, settings.server.graceful_timeout_s)
+        await drain(server, services, settings.server.graceful_timeout_s, wyoming)
         startup.cancel()
 
 
-async def drain(server: HTTPServer, services: Services, grace_s: float) -> None:
+async def start_wyoming(services: Services) -> WyomingServer | None:
+    """The Wyoming front door on this loop, when enabled; a port it cannot bind leaves HTTP up."""
+    if not services.settings.wyoming.enabled:
+        return None
+    from server.wyoming.server import WyomingServer
+
+    wyoming = WyomingServer(services)
+    try:
+        await wyoming.start()
+    except OSError as exc:
+        logger.error("wyoming cannot listen on {}:{}: {}", wyoming.host, wyoming.port, exc)
+        return None
+    return wyoming
+
+
+async def drain(
+    server: HTTPServer, services: Services, grace_s: float, wyoming: WyomingServer | None = None
+) -> None:
     lifecycle = services.lifecycle
     lifecycle.draining = True
     server.stop()  # no new connections; in-flight requests and streams go on
+    if wyoming is not None:
+        wyoming.stop_accepting()  # its open syntheses count in lifecycle.in_flight
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
     logger.info("draining: {} requests in flight, up to {}s", lifecycle.in_flight, grace_s)
@@ -105,6 +126,8 @@ async def drain(server: HTTPServer, services: Services, grace_s: float) -> None:
         )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
+    if wyoming is not None:
+        await wyoming.close()
     await services.close()
     logger.info("stopped")
 

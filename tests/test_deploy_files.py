@@ -204,6 +204,16 @@ def test_compose_runs_the_server_with_redis_and_minio_as_its_store():
     assert server["build"] == "."
 
 
+def test_compose_turns_wyoming_on_and_publishes_its_port_on_loopback():
+    server = compose()["services"]["server"]
+    env = {k: str(v) for k, v in server["environment"].items() if k.startswith("TTS__")}
+    settings = settings_from_mapping({}, env)
+    assert settings.wyoming.enabled is True
+    assert settings.wyoming.host == "0.0.0.0"
+    assert f"127.0.0.1:{settings.wyoming.port}:{settings.wyoming.port}" in server["ports"]
+    assert "172.16.0.0/12" in settings.wyoming.allowed_networks  # what Docker's published ports look like
+
+
 def test_pixi_ignores_its_folder_and_gives_the_gpu_environment_test_and_lint():
     assert ".pixi/" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
     pixi = tomllib.loads((ROOT / "pixi.toml").read_text(encoding="utf-8"))
@@ -233,16 +243,34 @@ def test_probes_hit_the_liveness_and_readiness_routes_of_the_app():
     assert handlers == {"/healthz": HealthHandler, "/readyz": ReadyHandler}
 
 
+def named(ports: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (port,) = [p for p in ports if p.get("name") == name]
+    return port
+
+
 def test_probe_container_service_and_server_ports_are_one_port():
     container = tts_container()
-    (declared,) = container["ports"]
+    declared = named(container["ports"], "http")
     probe_ports = {container_port(container, container[p]["httpGet"]["port"]) for p in PROBES}
-    (service_port,) = manifest("Service", "tts-server")["spec"]["ports"]
+    service_port = named(manifest("Service", "tts-server")["spec"]["ports"], "http")
     target = container_port(container, service_port["targetPort"])
     assert probe_ports == {declared["containerPort"]}
     assert target == declared["containerPort"] == pod_settings().server.port
     annotations = manifest("Deployment", "tts-server")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(declared["containerPort"])
+
+
+def test_wyoming_is_on_in_the_pods_and_its_port_lines_up_from_the_config_to_the_service():
+    container = tts_container()
+    settings = pod_settings()
+    declared = named(container["ports"], "wyoming")
+    service_port = named(manifest("Service", "tts-server")["spec"]["ports"], "wyoming")
+    assert [p["name"] for p in container["ports"]] == ["http", "wyoming"]
+    assert settings.wyoming.enabled is True
+    assert settings.wyoming.host == "0.0.0.0"
+    assert container_port(container, service_port["targetPort"]) == declared["containerPort"]
+    assert declared["containerPort"] == service_port["port"] == settings.wyoming.port == 10200
+    assert settings.wyoming.allowed_networks == ("10.0.0.0/8",)  # the cluster range, not the world
 
 
 def test_service_and_hpa_select_the_deployment():
@@ -548,8 +576,10 @@ def test_image_runs_as_a_non_root_user_with_a_writable_var():
 def test_image_listens_on_all_interfaces_on_the_configured_port():
     image = dockerfile()
     assert image.env["TTS__SERVER__HOST"] == "0.0.0.0"
-    default_port = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))["server"]["port"]
-    assert image.last("EXPOSE") == str(default_port)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    assert image.last("EXPOSE").split() == [str(config["server"]["port"]), str(config["wyoming"]["port"])]
+    assert image.env["TTS__WYOMING__ENABLED"] == "true"
+    assert image.env["TTS__WYOMING__HOST"] == "0.0.0.0"
     assert image.env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
 
 

@@ -38,6 +38,7 @@ class VoiceInfo:
     speakers: list[str]
     num_speakers: int
     provider: str
+    attribution: tuple[str, str] | None = None  # (name, url) where the voice's config has one
 
 
 class VoiceCatalog:
@@ -127,6 +128,7 @@ class VoiceCatalog:
                 sorted(v.speakers, key=v.speakers.get),
                 v.num_speakers,
                 v.provider,
+                v.attribution,
             )
             for v in self._voices.values()
         ]

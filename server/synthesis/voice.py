@@ -93,6 +93,7 @@ class Voice:
     lengths_output: str | None = None  # the stock graph's output with each row's frame count
     batch_limit: int = 1  # most chunks per inference call; the catalog sets it after a check
     unknown_phonemes: int = 0
+    attribution: tuple[str, str] | None = None  # (name, url) from the .onnx.json, where it has one
 
     @classmethod
     def load(cls, files: VoiceFiles, options: RuntimeOptions) -> Voice:
@@ -126,6 +127,7 @@ class Voice:
             session=session,
             windows=windows,
             lengths_output=lengths_output,
+            attribution=_attribution(config),
         )
         logger.info(
             "voice {} loaded on {} ({} Hz, {} speakers)",
@@ -286,6 +288,14 @@ def _windowed_engine(
         (options.flow_margin_frames, options.decoder_margin_frames),
     )
     return None if margins is None else engine
+
+
+def _attribution(config: dict[str, Any]) -> tuple[str, str] | None:
+    """Who made the voice, as `{"attribution": {"name", "url"}}` in its config (Wyoming shows it)."""
+    given = config.get("attribution")
+    if isinstance(given, dict) and isinstance(given.get("name"), str) and given["name"]:
+        return given["name"], str(given.get("url") or "")
+    return None
 
 
 def _file_digest(path: Path) -> str:
