@@ -206,6 +206,17 @@ class Health(Model):
     status: Literal["ok"]
 
 
+class QueueReport(Model):
+    """The job queue as this worker last saw it (refreshed every jobs.sweep_interval_s)."""
+
+    state: Literal["ok", "unavailable", "disabled", "starting"]
+    queued: int | SkipJsonSchema[None] = Field(None, ge=0, exclude_if=lambda value: value is None)
+    active: int | SkipJsonSchema[None] = Field(None, ge=0, exclude_if=lambda value: value is None)
+    workers: int | SkipJsonSchema[None] = Field(
+        None, ge=0, description="Worker processes serving it", exclude_if=lambda value: value is None
+    )
+
+
 class Readiness(Model):
     status: Literal["ready", "loading", "unready", "draining"]
     voices: list[str]
@@ -219,6 +230,9 @@ class Readiness(Model):
     )
     problem: str | SkipJsonSchema[None] = Field(
         None, description="Why the server is unready", exclude_if=lambda value: value is None
+    )
+    jobs: QueueReport | SkipJsonSchema[None] = Field(
+        None, description="The job queue (/jobs)", exclude_if=lambda value: value is None
     )
 
 
