@@ -71,6 +71,7 @@ class JobRunner:
         await self._store.started(job_id, saq_job.attempts, len(document.sentences))
         heartbeat = asyncio.ensure_future(self._heartbeat(saq_job))
         log = logger.bind(job_id=job_id)
+        log.info("job attempt {} of {} sentences", saq_job.attempts, len(document.sentences))
         try:
             await self._sentences(record, document, saq_job)
             output = await self._join(record, document)
@@ -100,6 +101,7 @@ class JobRunner:
         started = record.started_at or time.time()
         self._metrics.job_seconds.observe(max(0.0, time.time() - started))
         await self._finish(job_id, states.COMPLETED, output=output)
+        log.info("job completed: {} s of audio", output["duration_s"])
 
     async def _heartbeat(self, saq_job: Any) -> None:
         """Touch the SAQ job while a sentence waits or runs, so only a dead worker's job is swept."""
