@@ -479,7 +479,9 @@ class SpeechService:
             # keeps to windows, so interactive work slots in between them.
             bounds = [(0, encoded.frames)]
         else:
-            first = s.first_window_frames if not flight.chunks else s.window_frames
+            # A job's sentence has no listener waiting for its first audio: no small first window.
+            small = not flight.chunks and not flight.background
+            first = s.first_window_frames if small else s.window_frames
             bounds = window_bounds(encoded.frames, first, s.window_frames)
         margins = (voice.windows.flow_margin, voice.windows.decoder_margin)
         for number, (start, end) in enumerate(bounds):

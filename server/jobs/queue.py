@@ -25,6 +25,9 @@ DELIVER: Final = "deliver_webhook"
 WEBHOOK_CONCURRENCY: Final = 4
 SAQ_TIMEOUT_S: Final = 5.0  # per Redis command; a dequeue blocks at most DEQUEUE_S of it
 DEQUEUE_S: Final = 1.0
+# On shutdown, how long a running job may go on (its sentence finishing, its cursor saved) before
+# it is cancelled and queued again; also lets the idle dequeues end instead of being cancelled.
+SHUTDOWN_GRACE_S: Final = 2
 
 
 class _QuietWorker(Worker):  # type: ignore[type-arg]
@@ -59,6 +62,7 @@ class JobQueues:
                 concurrency=jobs.concurrency,
                 timers=timers,  # type: ignore[arg-type]
                 dequeue_timeout=DEQUEUE_S,
+                shutdown_grace_period_s=SHUTDOWN_GRACE_S,
             ),
             _QuietWorker(
                 self.webhooks,
@@ -66,6 +70,7 @@ class JobQueues:
                 concurrency=WEBHOOK_CONCURRENCY,
                 timers=timers,  # type: ignore[arg-type]
                 dequeue_timeout=DEQUEUE_S,
+                shutdown_grace_period_s=SHUTDOWN_GRACE_S,
             ),
         ]
 

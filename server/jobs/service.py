@@ -218,7 +218,8 @@ class JobService:
             for job_id in ids:
                 cursor = job_id
                 record = await self.store.get(job_id)
-                if record is None:
+                if record is None:  # its tombstone expired: drop it from the index too
+                    await self.store.forget_owned(owner, job_id)
                     continue
                 job = await self.view(record)
                 if status is None or job.status == status:

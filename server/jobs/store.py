@@ -244,6 +244,9 @@ class JobStore:
             pipe.zrem(self._expiry, job_id)
             await pipe.execute()
 
+    async def forget_owned(self, owner: str, job_id: str) -> None:
+        await self._redis.zrem(self._owned(owner), job_id)
+
     async def delete(self, record: Record) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._job(record.id), self._text(record.id), self._pieces(record.id))
