@@ -206,14 +206,17 @@ class Health(Model):
     status: Literal["ok"]
 
 
+Count = Annotated[int, Field(ge=0)]
+
+
 class QueueReport(Model):
     """The job queue as this worker last saw it (refreshed every jobs.sweep_interval_s)."""
 
     state: Literal["ok", "unavailable", "disabled", "starting"]
-    queued: int | SkipJsonSchema[None] = Field(None, ge=0, exclude_if=lambda value: value is None)
-    active: int | SkipJsonSchema[None] = Field(None, ge=0, exclude_if=lambda value: value is None)
-    workers: int | SkipJsonSchema[None] = Field(
-        None, ge=0, description="Worker processes serving it", exclude_if=lambda value: value is None
+    queued: Count | SkipJsonSchema[None] = Field(None, exclude_if=lambda value: value is None)
+    active: Count | SkipJsonSchema[None] = Field(None, exclude_if=lambda value: value is None)
+    workers: Count | SkipJsonSchema[None] = Field(
+        None, description="Worker processes serving it", exclude_if=lambda value: value is None
     )
 
 
