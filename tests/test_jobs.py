@@ -400,6 +400,24 @@ def test_expired_jobs_lose_their_audio_and_say_so(tmp_path):
         redis.stop()
 
 
+def test_with_redis_gone_jobs_answer_503_and_the_queue_does_not_spin(make_redis, make_server):
+    import psutil
+
+    redis = make_redis()
+    server = make_server({"TTS__REDIS__URL": redis.url, "TTS__REDIS__PROBE_INTERVAL_S": "0.2"})
+    redis.stop()
+    time.sleep(1)
+    resp = server.post("/jobs", {"text": "Nowhere to queue it."})
+    assert (resp.status, resp.json()["error"]["code"]) == (503, "storage_unavailable")
+    assert resp.headers["Retry-After"] == "5"
+    assert server.proc is not None
+    process = psutil.Process(server.proc.pid)
+    process.cpu_percent()
+    time.sleep(2)
+    assert process.cpu_percent() < 50  # SAQ's dequeue loop backs off instead of spinning
+    assert server.get("/healthz").status == 200
+
+
 # -- without Redis, and the quick start's private one -------------------------------------------------
 
 

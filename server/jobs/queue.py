@@ -10,10 +10,13 @@ died) and `jobs.max_attempts` attempts with exponential backoff. SAQ's finished-
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from loguru import logger
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from saq import Job, Status, Worker
 from saq.queue.redis import RedisQueue
 
@@ -25,9 +28,50 @@ DELIVER: Final = "deliver_webhook"
 WEBHOOK_CONCURRENCY: Final = 4
 SAQ_TIMEOUT_S: Final = 5.0  # per Redis command; a dequeue blocks at most DEQUEUE_S of it
 DEQUEUE_S: Final = 1.0
+OUTAGE_BACKOFF_S: Final = 1.0
 # On shutdown, how long a running job may go on (its sentence finishing, its cursor saved) before
 # it is cancelled and queued again; also lets the idle dequeues end instead of being cancelled.
 SHUTDOWN_GRACE_S: Final = 2
+
+
+class _Queue(RedisQueue):
+    """SAQ's Redis queue, riding out a Redis outage instead of spinning on it.
+
+    SAQ's worker asks for the next job again as soon as a dequeue fails, and its upkeep (schedule,
+    sweep, worker info) logs a traceback each second: with Redis down that would be a busy loop
+    and a flood. Here a failed call waits a moment and reports nothing to do.
+    """
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
+        try:
+            return await super().dequeue(timeout, poll_interval)
+        except (RedisError, OSError) as exc:
+            await self._outage(exc)
+            return None
+
+    async def schedule(self, lock: int = 1) -> list[str]:
+        try:
+            return await super().schedule(lock)
+        except (RedisError, OSError) as exc:
+            await self._outage(exc)
+            return []
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        try:
+            return await super().sweep(lock, abort)
+        except (RedisError, OSError) as exc:
+            await self._outage(exc)
+            return []
+
+    async def write_worker_info(self, worker_id: str, info: Any, ttl: int) -> None:
+        try:
+            await super().write_worker_info(worker_id, info, ttl)
+        except (RedisError, OSError) as exc:
+            await self._outage(exc)
+
+    async def _outage(self, exc: BaseException) -> None:
+        logger.debug("job queue {}: Redis unavailable: {}", self.name, exc)
+        await asyncio.sleep(OUTAGE_BACKOFF_S)
 
 
 class _QuietWorker(Worker):  # type: ignore[type-arg]
@@ -51,8 +95,8 @@ class JobQueues:
     ) -> None:
         self._settings = settings
         prefix = settings.redis.key_prefix
-        self.jobs = RedisQueue(redis_client(settings), name=f"{prefix}jobs")
-        self.webhooks = RedisQueue(redis_client(settings), name=f"{prefix}webhooks")
+        self.jobs = _Queue(redis_client(settings), name=f"{prefix}jobs")
+        self.webhooks = _Queue(redis_client(settings), name=f"{prefix}webhooks")
         jobs = settings.jobs
         timers = {"sweep": jobs.sweep_interval_s, "abort": 1, "schedule": 1, "worker_info": 10}
         self._workers = [

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -34,7 +35,7 @@ from server.jobs import store as states
 from server.jobs.queue import JobQueues, redis_client
 from server.jobs.runner import JobRunner, output_key
 from server.jobs.schemas import Job, JobFields, JobOutput, JobProgress, JobSegment
-from server.jobs.store import JobStore, Record, body_hash, new_job_id
+from server.jobs.store import JobStore, Record, body_hash, new_job_id, unavailable
 from server.jobs.webhooks import Sender, WebhookRefused
 from server.metrics import Metrics
 from server.ratelimit import SYNTHESIS, RateLimiter
@@ -56,6 +57,23 @@ def _iso(epoch: float | None) -> str | None:
         return None
     moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _store_errors(method: F) -> F:
+    """Redis out while answering a request: a 503 with Retry-After, not a 500."""
+
+    @functools.wraps(method)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            logger.warning("job store unavailable: {}", exc)
+            raise unavailable() from None
+
+    return guarded  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,7 @@ class JobService:
         if not self.enabled:
             raise JobsUnavailable(NO_QUEUE)
 
+    @_store_errors
     async def submit(
         self, fields: JobFields, owner: str, base: str, idempotency_key: str | None = None
     ) -> Submitted:
@@ -201,9 +220,11 @@ class JobService:
             raise NotFound("no such job")
         return record
 
+    @_store_errors
     async def get(self, job_id: str, owner: str) -> Job:
         return await self.view(await self._owned(job_id, owner))
 
+    @_store_errors
     async def list(
         self, owner: str, status: str | None, limit: int, after: str | None
     ) -> tuple[list[Job], str | None]:
@@ -229,6 +250,7 @@ class JobService:
         more = bool(await self.store.owned(owner, cursor, 1))
         return found, cursor if more else None
 
+    @_store_errors
     async def cancel(self, job_id: str, owner: str) -> Job:
         """Cancel between sentences; a job already finished cannot be cancelled (409)."""
         record = await self._owned(job_id, owner)
@@ -242,6 +264,7 @@ class JobService:
         record = await self.store.get(job_id) or record
         return await self.view(record)
 
+    @_store_errors
     async def delete(self, job_id: str, owner: str) -> None:
         """Remove the job and its audio; a running one is cancelled first."""
         record = await self._owned(job_id, owner)
