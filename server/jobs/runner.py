@@ -147,6 +147,8 @@ class JobRunner:
                 "attempt": saq_job.attempts,
             }
             if not await self._store.append_piece(job_id, index, piece):
+                if await self._store.get(job_id) is None:
+                    raise Cancelled  # deleted meanwhile: stop quietly
                 raise RuntimeError(f"job {job_id}: sentence {index} was recorded by another attempt")
             self._metrics.job_sentences.labels("synthesized" if fresh else "cached").inc()
             self._metrics.job_sentence_seconds.inc(time.perf_counter() - began)
