@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from server.jobs.document import split_document, split_sentences
 from server.jobs.runner import output_key
 from tests.conftest import RedisProcess, ServerProcess, query, request
 
@@ -89,6 +90,26 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis: RedisProcess) -> Ite
 def submit(server: ServerProcess, body: dict[str, Any], who=AS_A, headers=None):
     """POST /jobs as `who` (an API key header), at speed 4 unless the body says otherwise."""
     return server.post("/jobs", {"speed": 4, **body}, headers={**who, **(headers or {})})
+
+
+# -- the document ------------------------------------------------------------------------------------
+
+
+def test_a_document_splits_into_sentences_normalized_like_tts():
+    document = split_document('# Title\n\nOne  sentence.\tTwo? "Three!" Four\n\n\n  Last line.  ')
+    assert document.sentences == ("Title", "One sentence.", "Two?", '"Three!"', "Four", "Last line.")
+    assert [(s.kind, s.first, s.count) for s in document.segments] == [
+        ("heading", 0, 1),
+        ("paragraph", 1, 4),
+        ("paragraph", 5, 1),
+    ]
+
+
+def test_a_run_without_sentence_ends_is_cut_at_a_space():
+    words = " ".join(["word"] * 300)  # 1,499 characters, no full stop
+    pieces = split_sentences(words, max_chars=400)
+    assert all(len(piece) <= 400 for piece in pieces)
+    assert " ".join(pieces) == words
 
 
 # -- submit, follow, download ------------------------------------------------------------------------

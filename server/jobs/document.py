@@ -16,7 +16,7 @@ from server.synthesis.text import normalize_text
 
 MAX_SENTENCE_CHARS: Final = 400  # a longer run without a sentence end is cut at a space
 _BLOCK_BREAK: Final = re.compile(r"\n[ \t\r\f\v]*\n")
-_SENTENCE_END: Final = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
+_SENTENCE_END: Final = re.compile(r"[.!?…][\"'”’)\]]*(?=\s)")  # closing quotes stay with it
 _HEADING: Final = re.compile(r"#{1,6}[ \t]+")
 
 
@@ -40,8 +40,10 @@ class Document:
 def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
     """Normalized text cut after sentence ends; a run longer than `max_chars` is cut at a space."""
     sentences: list[str] = []
-    for piece in _SENTENCE_END.split(normalize_text(text)):
-        piece = piece.strip()
+    text = normalize_text(text)
+    cuts = [match.end() for match in _SENTENCE_END.finditer(text)]
+    for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True):
+        piece = text[start:end].strip()
         while len(piece) > max_chars:
             cut = piece.rfind(" ", 0, max_chars + 1)
             cut = cut if cut > max_chars // 4 else max_chars
