@@ -31,7 +31,7 @@ DEQUEUE_S: Final = 1.0
 OUTAGE_BACKOFF_S: Final = 1.0
 # On shutdown, how long a running job may go on (its sentence finishing, its cursor saved) before
 # it is cancelled and queued again; also lets the idle dequeues end instead of being cancelled.
-SHUTDOWN_GRACE_S: Final = 2
+SHUTDOWN_GRACE_S: Final = 1
 
 
 class _Queue(RedisQueue):
