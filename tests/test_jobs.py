@@ -353,12 +353,13 @@ def first_audio_s(server: ServerProcess, text: str) -> float:
 
 def test_interactive_first_audio_during_a_job_is_within_1_5_times_alone(server):
     text = "An interactive request, {}, wants its first audio soon while a long job runs."
-    alone = statistics.median(first_audio_s(server, text.format(uuid.uuid4().hex[:8])) for _ in range(5))
+    alone = statistics.median(first_audio_s(server, text.format(uuid.uuid4().hex[:8])) for _ in range(7))
     job_id = submit(server, {"text": " ".join(sentences(200))}).json()["id"]
     wait_until_done(server, job_id, 2)
-    during = statistics.median(first_audio_s(server, text.format(uuid.uuid4().hex[:8])) for _ in range(5))
+    during = statistics.median(first_audio_s(server, text.format(uuid.uuid4().hex[:8])) for _ in range(7))
     assert wait_until_done(server, job_id, 0)["status"] == "in_progress"
     server.request_raw("DELETE", f"/jobs/{job_id}", headers=AS_A)
+    print(f"first audio: {alone:.3f}s alone, {during:.3f}s during a job ({during / alone:.2f}x)")
     assert during <= 1.5 * alone, f"first audio {during:.3f}s during a job, {alone:.3f}s alone"
 
 
