@@ -291,8 +291,8 @@ class SpeechService:
     ) -> Audio:
         """The whole WAV, stored where a URL can reach it (for `/tts`, and each sentence of a job).
 
-        `background` (a job's sentence) runs after every interactive request's work, in windows
-        so that a new stream's first window waits for one window at most.
+        `background` (a job's sentence) runs after every interactive request's work and only on
+        spare capacity (see the scheduler), in windows.
         """
         voice, speaker_id, length_scale, key = await self._resolve(request)
         hit = await self._lookup(key)
@@ -525,7 +525,7 @@ class SpeechService:
         self._metrics.queue_depth.inc()
         try:
             result, compute_s = await self.scheduler.run_batched(
-                run_many, item, deadline, key=key, size=size, limit=limit
+                run_many, item, deadline, key=key, size=size, limit=limit, background=flight.background
             )
         finally:
             self._metrics.queue_depth.dec()
