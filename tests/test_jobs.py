@@ -440,6 +440,24 @@ def test_with_redis_gone_jobs_answer_503_and_the_queue_does_not_spin(make_redis,
     assert server.get("/healthz").status == 200
 
 
+def test_a_job_costs_synthesis_tokens_by_its_length(make_redis, make_server):
+    redis = make_redis()
+    server = make_server(
+        {
+            "TTS__REDIS__URL": redis.url,
+            "TTS__LIMITS__ENABLED": "true",
+            "TTS__LIMITS__SYNTHESIS_BURST": "10",
+            "TTS__LIMITS__SYNTHESIS_PER_MINUTE": "0.1",
+            "TTS__LIMITS__SYNTHESIS_UNIT_CHARS": "10",
+        }
+    )
+    long_text = " ".join(sentences(2))  # 93 characters: all 10 tokens of the burst
+    assert server.post("/jobs", {"text": long_text, "speed": 4}).status == 202
+    refused = server.post("/jobs", {"text": " ".join(sentences(1)), "speed": 4})
+    assert (refused.status, refused.json()["error"]["code"]) == (429, "rate_limited")
+    assert int(refused.headers["Retry-After"]) > 0
+
+
 # -- without Redis, and the quick start's private one -------------------------------------------------
 
 
