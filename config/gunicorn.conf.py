@@ -49,12 +49,28 @@ else:
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
+_private_redis = None
+
+
 def on_starting(server):
+    # No Redis configured: one private redis-server for all workers (L2 and the job queue), whose
+    # URL they read from the environment; it stops with the master (see server.private_redis).
+    global _private_redis
+    if _settings.redis.url is None:
+        from server.private_redis import PrivateRedis
+
+        _private_redis = PrivateRedis(_settings.redis.private_socket).start()
+        os.environ["TTS__REDIS__URL"] = _private_redis.url
     # Stale files from an earlier run would add old counts to the new ones.
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     for name in os.listdir(directory):
         if name.endswith(".db"):
             os.remove(os.path.join(directory, name))
+
+
+def on_exit(server):
+    if _private_redis is not None:
+        _private_redis.stop()
 
 
 def child_exit(server, worker):

@@ -11,8 +11,9 @@ from tornado.netutil import bind_sockets
 from server.app import make_app
 from server.cache.s3 import StoreMisconfigured, check_bucket
 from server.logs import configure_logging
+from server.private_redis import PrivateRedis
 from server.services import Services
-from server.settings import SettingsError, load_settings
+from server.settings import Settings, SettingsError, load_settings, with_overrides
 from server.synthesis.files import check_voices
 from server.worker import serve
 
@@ -28,6 +29,18 @@ def main() -> None:
         print(exc, file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.logging)
+    private = None
+    if settings.redis.url is None:  # no Redis configured: the quick start's own, for L2 and jobs
+        private = PrivateRedis(settings.redis.private_socket).start()
+        settings = with_overrides(settings, redis={"url": private.url})
+    try:
+        _serve(settings)
+    finally:
+        if private is not None:
+            private.stop()
+
+
+def _serve(settings: Settings) -> None:
     sockets = bind_sockets(settings.server.port, settings.server.host)
     app = make_app(settings, Services.build(settings))
     stopping = False

@@ -17,6 +17,7 @@ from server.handlers.audio import AudioHandler
 from server.handlers.base import NotFoundHandler
 from server.handlers.docs import DocsAssetHandler, DocsHandler, OpenAPI30Handler, OpenAPIHandler
 from server.handlers.health import HealthHandler, MetricsHandler, ReadyHandler
+from server.handlers.jobs import ROUTES as JOB_ROUTES
 from server.handlers.player import PlayerHandler
 from server.handlers.stream import StreamHandler
 from server.handlers.tts import TTSHandler
@@ -33,6 +34,7 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         (r"/tts/stream", StreamHandler),
         (r"/audio/([^/]*)\.([^/.]*)", AudioHandler),
         (r"/voices", VoicesHandler),
+        *JOB_ROUTES,
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler),
         (r"/metrics", MetricsHandler),

@@ -88,3 +88,15 @@ class StorageUnavailable(TTSError):
 
 class SynthesisFailed(TTSError):
     status, code = 500, "synthesis_failed"
+
+
+class Conflict(TTSError):
+    status, code = 409, "conflict"
+
+
+class IdempotencyKeyReused(TTSError):
+    status, code = 422, "idempotency_key_reused"
+
+
+class JobsUnavailable(TTSError):
+    status, code = 503, "jobs_unavailable"

@@ -112,6 +112,36 @@ class Metrics:
             registry=r,
         )
 
+        self.jobs = Counter(
+            "tts_jobs_total",
+            "Jobs by the status they reached (submitted, then a final one).",
+            ["status"],
+            registry=r,
+        )
+        self.jobs_queued = Gauge(
+            "tts_jobs_queue_depth",
+            "Jobs waiting in the queue, as this worker last saw it.",
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "tts_job_duration_seconds",
+            "From a job's first start to its end (completed).",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+            registry=r,
+        )
+        self.job_sentences = Counter(
+            "tts_job_sentences_total",
+            "Sentences of jobs done, by where their audio came from (synthesized, or cached).",
+            ["source"],
+            registry=r,
+        )
+        self.job_sentence_seconds = Counter(
+            "tts_job_sentence_seconds_total",
+            "Time spent on job sentences (sentences per second = sentences_total / this).",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()

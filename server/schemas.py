@@ -206,6 +206,20 @@ class Health(Model):
     status: Literal["ok"]
 
 
+Count = Annotated[int, Field(ge=0)]
+
+
+class QueueReport(Model):
+    """The job queue as this worker last saw it (refreshed every jobs.sweep_interval_s)."""
+
+    state: Literal["ok", "unavailable", "disabled", "starting"]
+    queued: Count | SkipJsonSchema[None] = Field(None, exclude_if=lambda value: value is None)
+    active: Count | SkipJsonSchema[None] = Field(None, exclude_if=lambda value: value is None)
+    workers: Count | SkipJsonSchema[None] = Field(
+        None, description="Worker processes serving it", exclude_if=lambda value: value is None
+    )
+
+
 class Readiness(Model):
     status: Literal["ready", "loading", "unready", "draining"]
     voices: list[str]
@@ -219,6 +233,9 @@ class Readiness(Model):
     )
     problem: str | SkipJsonSchema[None] = Field(
         None, description="Why the server is unready", exclude_if=lambda value: value is None
+    )
+    jobs: QueueReport | SkipJsonSchema[None] = Field(
+        None, description="The job queue (/jobs)", exclude_if=lambda value: value is None
     )
 
 

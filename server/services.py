@@ -24,6 +24,7 @@ from server.cache.redis import RedisCache
 from server.cache.s3 import ObjectStore, StoreMisconfigured
 from server.cache.tiers import TieredCache
 from server.clients import Network, default_allowed_hosts, host_name, parse_networks
+from server.jobs.service import JobService
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 from server.renditions import Renditions
@@ -57,6 +58,7 @@ class Services:
     trusted_proxies: tuple[Network, ...]
     allowed_hosts: frozenset[str]
     api_keys: KeyRing  # public keys for /tts*, /audio*, /v1/*; off when none are configured
+    jobs: JobService | None = None  # /jobs; its queue runs in this worker once the voices are loaded
     streams_by_client: Counter[str] = field(default_factory=Counter)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -108,6 +110,7 @@ class Services:
             parse_networks(settings.server.trusted_proxies),
             frozenset(host_name(h) for h in settings.server.allowed_hosts) or default_allowed_hosts(),
             KeyRing(settings.api_keys),
+            jobs=JobService(settings, speech, cache, metrics, limiter),
         )
 
     @property
@@ -129,6 +132,11 @@ class Services:
             self.catalog.problem = f"voice loading failed: {exc}"
             logger.exception("voice loading failed")
         self.speech.loaded()
+        if self.jobs is not None and self.catalog.ready:
+            try:
+                await self.jobs.start()
+            except Exception:
+                logger.exception("the job queue did not start")
 
     async def _probe_periodically(self) -> None:
         """PING Redis every few seconds, so /readyz follows Redis whatever traffic we see.
@@ -184,6 +192,8 @@ class Services:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.jobs is not None:
+            await self.jobs.close()
         await self.renditions.close()
         await self.speech.close()
         await self.cache.close()

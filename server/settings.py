@@ -42,7 +42,7 @@ ENV_DELIMITER: Final = "__"
 DEFAULT_CONFIG_PATH: Final = Path("config.yaml")
 MIB: Final = 1024 * 1024
 MIN_ADMIN_KEY_CHARS: Final = 16
-SECRET_FIELDS: Final = frozenset({"admin_api_keys", "api_keys"})
+SECRET_FIELDS: Final = frozenset({"admin_api_keys", "api_keys", "webhook_secret"})
 # Synthesis keys that existed once, with what replaced them: a config that still sets one fails
 # with a line naming the replacement instead of a bare "unknown key".
 REPLACED: Final = {
@@ -256,7 +256,10 @@ class WyomingSettings(Section):
 
 
 class RedisSettings(Section):
-    url: str = ""
+    # None (the key left empty): not configured, so the entry point runs a private redis-server on
+    # `private_socket`; "" (set explicitly): no Redis at all, L1 and disk only, and no jobs.
+    url: str | None = None
+    private_socket: str = "var/redis.sock"
     timeout_s: float = Field(0.25, ge=0.01, le=30)
     ttl_s: int = Field(86400, ge=1, le=10 * 365 * 86400)
     max_connections: int = Field(32, ge=1, le=10000)
@@ -268,7 +271,7 @@ class RedisSettings(Section):
 
     @field_validator("url")
     @classmethod
-    def _url_has_a_redis_scheme(cls, value: str) -> str:
+    def _url_has_a_redis_scheme(cls, value: str | None) -> str | None:
         if value and not value.startswith(REDIS_SCHEMES):
             raise ValueError(f"must start with one of {', '.join(REDIS_SCHEMES)}")
         return value
@@ -317,6 +320,25 @@ class LimitSettings(Section):
     streams_per_client: int = Field(4, ge=1, le=10000)
 
 
+class JobsSettings(Section):
+    """Long documents as asynchronous jobs (`/jobs`), run by SAQ over Redis inside the workers."""
+
+    max_text_chars: int = Field(1_000_000, ge=1, le=100_000_000)
+    concurrency: int = Field(1, ge=1, le=64)
+    ttl_s: int = Field(7 * 86400, ge=1, le=10 * 365 * 86400)
+    timeout_s: int = Field(6 * 3600, ge=1, le=7 * 86400)
+    heartbeat_s: int = Field(60, ge=1, le=86400)
+    sweep_interval_s: int = Field(30, ge=1, le=86400)
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_delay_s: float = Field(5.0, ge=0, le=86400)
+    idempotency_ttl_s: int = Field(86400, ge=1, le=30 * 86400)
+    allow_http_webhooks: bool = False
+    allowed_webhook_hosts: StrList = ()
+    webhook_timeout_s: float = Field(10.0, ge=0.1, le=300)
+    webhook_attempts: int = Field(8, ge=1, le=100)
+    webhook_retry_delay_s: float = Field(5.0, ge=0, le=86400)
+
+
 class LoggingSettings(Section):
     format: Literal["json", "text"] = "json"
     level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -341,11 +363,14 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     cache: CacheSettings = CacheSettings()
     limits: LimitSettings = LimitSettings()
+    jobs: JobsSettings = JobsSettings()
     logging: LoggingSettings = LoggingSettings()
     # Secrets come only from TTS_ADMIN_API_KEYS(_FILE) and TTS_API_KEYS(_FILE), never from
     # config.yaml (see _api_keys).
     admin_api_keys: tuple[str, ...] = Field((), repr=False)
     api_keys: tuple[str, ...] = Field((), repr=False)  # public keys for /tts*, /audio*, /v1/*
+    # Signs job webhooks (Standard Webhooks); from TTS_WEBHOOK_SECRET(_FILE) only.
+    webhook_secret: str = Field("", repr=False)
 
     @classmethod
     def settings_customise_sources(
@@ -476,6 +501,20 @@ def _api_keys(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _secret(environ: Mapping[str, str], name: str) -> str:
+    """One secret from `name` or the first line of the file `{name}_FILE` names."""
+    value = environ.get(name, "").strip()
+    path = environ.get(f"{name}_FILE")
+    if path and not value:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise SettingsError(f"{name}_FILE", f"cannot read a secret from {path}: {exc}") from None
+    if value and len(value) < MIN_ADMIN_KEY_CHARS:
+        raise SettingsError(name, f"needs at least {MIN_ADMIN_KEY_CHARS} characters")
+    return value
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 _EXPECTED: Final = {
@@ -537,6 +576,7 @@ def _build(file: PydanticBaseSettingsSource, environ: Mapping[str, str]) -> Sett
     keys = {
         "admin_api_keys": _api_keys(environ, "TTS_ADMIN_API_KEYS"),
         "api_keys": _api_keys(environ, "TTS_API_KEYS"),
+        "webhook_secret": _secret(environ, "TTS_WEBHOOK_SECRET"),
     }
     secrets = InitSettingsSource(Settings, keys)
     sources = (secrets, EnvironSource(Settings, environ), file)
@@ -547,6 +587,12 @@ def _build(file: PydanticBaseSettingsSource, environ: Mapping[str, str]) -> Sett
 
 
 # -- the public API -------------------------------------------------------------------------------
+
+
+def jobs_max_body_bytes(settings: Settings) -> int:
+    """The largest POST /jobs body: the longest document in UTF-8 (4 bytes a character at most,
+    plus JSON escapes are rare in prose), with room for the other fields."""
+    return max(settings.server.max_body_bytes, 4 * settings.jobs.max_text_chars + 65536)
 
 
 def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:

@@ -49,6 +49,9 @@ from server.synthesis.windows import Encoded, Window, window_bounds
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
 LOCK_POLL_S: Final = 0.05
 STARTUP_WAIT_S: Final = 30.0
+# Added to every deadline of a background flight (a job's sentence): any interactive job, whose
+# deadline is near the present, sorts first, so a stream's first window never waits behind one.
+BACKGROUND_DELAY_S: Final = 1e6
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Flight:
         self.subscribers = 0
         self.consumed = 0  # most chunks any subscriber has taken: paces the producer
         self.unbounded = False  # a /tts caller wants it all: no pacing
+        self.background = False  # only jobs want it: lowest priority, in small windows
         self.abandoned = False  # every subscriber left before it finished
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -282,15 +286,21 @@ class SpeechService:
             self._metrics.cache_hits.labels(hit.tier).inc()
         return hit
 
-    async def synthesize(self, request: SpeechRequest, client: str = "") -> Audio:
-        """The whole WAV, stored where a URL can reach it (for `/tts`)."""
+    async def synthesize(
+        self, request: SpeechRequest, client: str = "", *, background: bool = False
+    ) -> Audio:
+        """The whole WAV, stored where a URL can reach it (for `/tts`, and each sentence of a job).
+
+        `background` (a job's sentence) runs after every interactive request's work and only on
+        spare capacity (see the scheduler), in windows.
+        """
         voice, speaker_id, length_scale, key = await self._resolve(request)
         hit = await self._lookup(key)
         if hit is not None:
             self.cache.keep_alive(key, hit.wav)
             return Audio(key, hit.wav, hit.tier)
         await self._charge(key, client, len(request.text))
-        flight = self._join(key, request, voice, speaker_id, length_scale)
+        flight = self._join(key, request, voice, speaker_id, length_scale, background=background)
         flight.unbounded = True
         flight.took(len(flight.chunks))
         flight.subscribers += 1
@@ -335,13 +345,22 @@ class SpeechService:
             raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
 
     def _join(
-        self, key: str, request: SpeechRequest, voice: Voice, speaker_id: int | None, length_scale: float
+        self,
+        key: str,
+        request: SpeechRequest,
+        voice: Voice,
+        speaker_id: int | None,
+        length_scale: float,
+        *,
+        background: bool = False,
     ) -> Flight:
         flight = self._flights.get(key)
         if flight is not None and flight.error is None and not flight.abandoned:
+            flight.background = flight.background and background  # a listener joined: its priority
             return flight
         admission = self.scheduler.admit()  # raises Overloaded before anything starts
         flight = Flight(key, voice.sample_rate, asyncio.get_running_loop().time())
+        flight.background = background
         self._flights[key] = flight
         flight.task = asyncio.ensure_future(
             self._produce(flight, request, voice, speaker_id, length_scale, admission)
@@ -455,10 +474,14 @@ class SpeechService:
             SentenceFrames(ids, tuple(int(f) for f in encoded.durations), voice.windows.hop, start_sample)
         )
         s = self._settings
-        if flight.unbounded:  # a file: nobody listens while it is made, so one window is fastest
+        if flight.unbounded and not flight.background:
+            # A file: nobody listens while it is made, so one window is fastest. A job's sentence
+            # keeps to windows, so interactive work slots in between them.
             bounds = [(0, encoded.frames)]
         else:
-            first = s.first_window_frames if not flight.chunks else s.window_frames
+            # A job's sentence has no listener waiting for its first audio: no small first window.
+            small = not flight.chunks and not flight.background
+            first = s.first_window_frames if small else s.window_frames
             bounds = window_bounds(encoded.frames, first, s.window_frames)
         margins = (voice.windows.flow_margin, voice.windows.decoder_margin)
         for number, (start, end) in enumerate(bounds):
@@ -498,11 +521,11 @@ class SpeechService:
         """One scheduler job with the flight's deadline; audio jobs (`frames` given) append their PCM."""
         if frames is not None:
             await pacer.room()
-        deadline = pacer.deadline(frames or 0)
+        deadline = pacer.deadline(frames or 0) + (BACKGROUND_DELAY_S if flight.background else 0.0)
         self._metrics.queue_depth.inc()
         try:
             result, compute_s = await self.scheduler.run_batched(
-                run_many, item, deadline, key=key, size=size, limit=limit
+                run_many, item, deadline, key=key, size=size, limit=limit, background=flight.background
             )
         finally:
             self._metrics.queue_depth.dec()

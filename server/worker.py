@@ -22,7 +22,7 @@ from gunicorn.workers.base import Worker
 from loguru import logger
 from tornado.httpserver import HTTPServer
 
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings, SettingsError, jobs_max_body_bytes, load_settings
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -55,12 +55,14 @@ def create_app() -> tornado.web.Application:
 def make_http_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     """Tornado's defaults are loose (an hour for headers, no body timeout, 100 MiB bodies)."""
     server = settings.server
+    # POST /jobs takes whole documents: its own, larger body limit (enforced by its handler).
+    largest = max(server.max_body_bytes, jobs_max_body_bytes(settings))
     return HTTPServer(
         app,
         # Bodies up to this are read and answered with a JSON 413 by the handler (max_body_bytes
         # is enforced there); past it Tornado can only drop the connection without an answer.
-        max_body_size=max(4 * server.max_body_bytes, 1 << 20),
-        max_buffer_size=max(server.max_body_bytes, 1 << 20),
+        max_body_size=max(4 * server.max_body_bytes, largest, 1 << 20),
+        max_buffer_size=max(largest, 1 << 20),
         max_header_size=max(HEADER_HARD_CAP_BYTES, 4 * server.max_header_bytes),
         idle_connection_timeout=server.idle_connection_timeout_s,
         body_timeout=server.body_timeout_s,

@@ -681,6 +681,47 @@ async def measure_load(client: Client, port: int, texts: list[str]) -> dict[str,
     }
 
 
+JOB_PRIORITY_BOUND = 1.5  # issue 18: first audio during a running job, over first audio alone
+
+
+async def measure_job_priority(
+    client: Client, port: int, make_text: Callable[[], str], repeats: int
+) -> dict[str, Any]:
+    """First audio of cold streams alone, then while a long job runs (its sentences at background
+    priority through the same scheduler); each stream is cut after its first audio."""
+    from tests.conftest import query
+
+    async def first_audio() -> float:
+        conn = await RawConnection(port).open()
+        try:
+            return await conn.first_byte(f"/tts/stream?{query(text=make_text(), format='pcm')}")
+        finally:
+            conn.close()
+            await asyncio.sleep(0.3)  # its synthesis is cancelled and the slot free again
+
+    alone = [await first_audio() for _ in range(repeats)]
+    document = " ".join(paragraph_text(i % len(PARAGRAPHS), nonce) for i, nonce in enumerate(range(40)))
+    submitted = await client._http.fetch(
+        f"{client.base}/jobs",
+        method="POST",
+        body=json.dumps({"text": document + f" Job {make_text()}"}),
+        headers={"Content-Type": "application/json"},
+    )
+    job_id = json.loads(submitted.body)["id"]
+    while json.loads((await client.get(f"/jobs/{job_id}")).body)["progress"]["sentences_done"] < 1:
+        await asyncio.sleep(0.05)
+    during = [await first_audio() for _ in range(repeats)]
+    running = json.loads((await client.get(f"/jobs/{job_id}")).body)["status"] == "in_progress"
+    await client._http.fetch(f"{client.base}/jobs/{job_id}", method="DELETE")
+    return {
+        "alone_s": alone,
+        "during_s": during,
+        "alone_median_s": median(alone),
+        "during_median_s": median(during),
+        "job_ran_throughout": running,
+    }
+
+
 FORMATS = ("mp3", "opus", "aac", "flac", "wav")
 
 
@@ -993,6 +1034,21 @@ def build_rows(report: dict[str, Any]) -> list[Row]:
             "< 50 ms",
             load["healthz_p99_ms"] < 50 and load["healthz_errors"] == 0,
         ),
+    ]
+    if "job_priority" in report:
+        jobs = report["job_priority"]
+        during, alone_s = jobs["during_median_s"], jobs["alone_median_s"]
+        rows.append(
+            Row(
+                "stream first audio during a running job",
+                ms(during),
+                f"{ms(alone_s)} alone" + ("" if jobs["job_ran_throughout"] else " (the job ended early)"),
+                during / alone_s,
+                f"<= {JOB_PRIORITY_BOUND}",
+                during / alone_s <= JOB_PRIORITY_BOUND,
+            )
+        )
+    rows += [
         Row("server RSS after the run", f"{report['memory']['server_rss_mib']:.0f} MiB"),
         Row("L2-only server RSS after the run", f"{report['memory']['l2_server_rss_mib']:.0f} MiB"),
     ]
@@ -1117,6 +1173,12 @@ async def run(args: argparse.Namespace) -> None:
             report["load"]["alone_first_audio_mean_s"] = statistics.fmean(alone)
             report["load"]["floor_first_chunks_s"] = firsts
             report["load"]["floor_first_chunks_sum_s"] = sum(firsts)
+
+            with watch.phase("jobs"):
+                report["job_priority"] = await measure_job_priority(
+                    client, server.port, lambda: short_text(nonces.take()), max(3, args.repeats)
+                )
+            log(f"first audio during a job: {watch.phases['jobs']['wall_s']:.1f} s")
 
             log("starting the L2-only server and the bare tornado app")
             l2_server.start()

@@ -184,6 +184,8 @@ class ServerProcess:
             "TTS__SYNTHESIS__MODELS_DIR": str(workdir / "models"),
             # Every test client is 127.0.0.1; the limit tests turn limits back on.
             "TTS__LIMITS__ENABLED": "false",
+            # Explicitly Redis-less unless a test names one: no private redis-server per test server.
+            "TTS__REDIS__URL": "",
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -363,8 +363,9 @@ def test_readyz_reports_voices_providers_redis_ok_and_no_store(server):
     resp = server.get("/readyz")
     assert resp.status == 200
     body = resp.json()
-    assert set(body) == {"status", "voices", "providers", "redis", "store"}
+    assert set(body) == {"status", "voices", "providers", "redis", "store", "jobs"}
     assert (body["status"], body["voices"], body["redis"]) == ("ready", [VOICE], "ok")
+    assert body["jobs"]["state"] in ("starting", "ok")  # the job queue (tests/test_jobs.py)
     assert body["store"] == "disabled"
     # Which one depends on the onnxruntime build installed (the cpu or the gpu extra).
     assert body["providers"][VOICE] in ("CPUExecutionProvider", "CUDAExecutionProvider")

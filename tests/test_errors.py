@@ -13,6 +13,8 @@ EXPECTED = {
     errors.ModelNotFound: (400, "model_not_found"),
     errors.Unauthorized: (401, "unauthorized"),
     errors.NotFound: (404, "not_found"),
+    errors.Conflict: (409, "conflict"),
+    errors.IdempotencyKeyReused: (422, "idempotency_key_reused"),
     errors.TextTooLong: (413, "text_too_long"),
     errors.BodyTooLarge: (413, "body_too_large"),
     errors.UriTooLong: (414, "uri_too_long"),
@@ -23,6 +25,7 @@ EXPECTED = {
     errors.Overloaded: (503, "overloaded"),
     errors.NotReady: (503, "not_ready"),
     errors.StorageUnavailable: (503, "storage_unavailable"),
+    errors.JobsUnavailable: (503, "jobs_unavailable"),
 }
 
 

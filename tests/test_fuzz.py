@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from tests.conftest import ServerProcess, query
+from tests.conftest import RedisProcess, ServerProcess, query
 
 KEY = "fuzz-admin-key-" + "k" * 24
 MAX_TEXT_CHARS = 64
@@ -51,11 +51,17 @@ OPERATIONS = [
     "GET /v1/models",
     "GET /v1/audio/models",
     "GET /v1/audio/voices",
+    "POST /jobs",
+    "GET /jobs",
+    "GET /jobs/{id}",
+    "DELETE /jobs/{id}",
+    "POST /jobs/{id}/cancel",
 ]
 # Beyond schemathesis's defaults for schema-valid requests: whether a text is speakable (not only
 # punctuation, not empty once control characters go) is beyond JSON Schema, so it may still get
 # 400, and 413 counts the normalized text; a valid Range can still lie past the end of a file (416).
-ACCEPTED = ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "416", "429", "5xx"]
+# A fuzzed Idempotency-Key may come back with another body: 422.
+ACCEPTED = ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "416", "422", "429", "5xx"]
 CONFIG = schemathesis.Config.from_dict(
     {"checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED}}}
 )
@@ -66,10 +72,19 @@ LENIENT_PATHS = {"/tts", "/tts/stream"}
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def fuzz_server(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess
+) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         tmp_path_factory.mktemp("fuzz"),
-        {"TTS__SYNTHESIS__MAX_TEXT_CHARS": str(MAX_TEXT_CHARS), "TTS_ADMIN_API_KEYS": KEY},
+        {
+            "TTS__SYNTHESIS__MAX_TEXT_CHARS": str(MAX_TEXT_CHARS),
+            "TTS__JOBS__MAX_TEXT_CHARS": str(MAX_TEXT_CHARS),
+            "TTS_ADMIN_API_KEYS": KEY,
+            # /jobs needs the queue: with Redis they answer for real instead of 503.
+            "TTS__REDIS__URL": redis_server.url,
+            "TTS__REDIS__KEY_PREFIX": "fuzz:",
+        },
     ).start()
     yield proc
     proc.stop()

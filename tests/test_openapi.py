@@ -106,6 +106,8 @@ def doc(server: ServerProcess) -> dict[str, Any]:
 PATH_PARAMETERS = {
     "/docs/assets/([^/]+)$": ("{name}",),
     "/audio/([^/]*)\\.([^/.]*)$": ("{hash}", "{ext}"),
+    "/jobs/([^/]+)$": ("{id}",),
+    "/jobs/([^/]+)/cancel$": ("{id}",),
 }
 
 

@@ -388,3 +388,47 @@ def test_plain_jobs_never_join_a_batch():
             return calls.batches
 
     assert run(scenario) == [["a", "b"]]
+
+
+def background(sched: Scheduler, fn: Callable[[], T], deadline: float = 1e6) -> asyncio.Task[T]:
+    """A job's sentence: run through run_batched with background=True."""
+    return asyncio.ensure_future(
+        sched.run_batched(
+            lambda items: [fn() for _ in items], None, deadline, key=None, size=1, limit=1, background=True
+        )
+    )
+
+
+def test_an_interactive_job_starts_while_a_background_job_holds_the_slot():
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        gate = threading.Event()
+        with scheduler(concurrency=1) as sched:
+            held = background(sched, lambda: gate.wait(WAIT_S))
+            while sched.running == 0:
+                await asyncio.sleep(0)
+            # The background job still runs (gate closed): the interactive one does not wait for it.
+            result = await sched.run(recorder(order, "interactive"), deadline=0.0)
+            order.append("background still running" if not held.done() else "background done")
+            gate.set()
+            await held
+        return [result, *order]
+
+    assert run(scenario) == ["interactive", "interactive", "background still running"]
+
+
+def test_a_background_job_waits_while_the_slot_is_busy():
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        gate = threading.Event()
+        with scheduler(concurrency=1) as sched:
+            busy = await occupy(sched, gate)  # an interactive job holds the only slot
+            later = background(sched, recorder(order, "background"))
+            await asyncio.sleep(0.05)
+            order.append("slot freed")
+            gate.set()
+            await busy
+            await later
+        return order
+
+    assert run(scenario) == ["slot freed", "background"]

@@ -39,6 +39,9 @@ def test_start_sh_serves_speech_and_stops_on_sigterm(tmp_path):
             "TTS__STORAGE__DIR": str(tmp_path / "audio"),
             "TTS__SYNTHESIS__MODELS_DIR": str(tmp_path / "models"),
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+            # No Redis configured (config.yaml leaves redis.url empty): the master runs a private
+            # redis-server; on a socket of this test's own, not the checkout's var/.
+            "TTS__REDIS__PRIVATE_SOCKET": str(tmp_path / "var" / "redis.sock"),
         }
     )
     (tmp_path / "models").mkdir()
@@ -63,6 +66,8 @@ def test_start_sh_serves_speech_and_stops_on_sigterm(tmp_path):
         else:
             raise AssertionError("not ready in 120 s:\n" + log_path.read_text(errors="replace"))
 
+        assert request(base, "GET", "/readyz").json()["redis"] == "ok"  # the private one
+        assert (tmp_path / "var" / "redis.sock").is_socket()
         health = request(base, "GET", "/healthz")
         assert (health.status, health.json()) == (200, {"status": "ok"})
         spoken = request(base, "GET", "/tts?" + query(text="Started by the start script, it speaks."))
@@ -81,7 +86,7 @@ def test_start_sh_serves_speech_and_stops_on_sigterm(tmp_path):
 
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(GRACE_S) == 0
-        assert not group_alive(proc.pid), "workers outlived the gunicorn master"
+        assert not group_alive(proc.pid), "workers (or the private redis-server) outlived the master"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

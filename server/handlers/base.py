@@ -71,9 +71,13 @@ class BaseHandler(tornado.web.RequestHandler):
         header_bytes = sum(len(name) + len(value) + 4 for name, value in self.request.headers.get_all())
         if header_bytes > server.max_header_bytes:
             raise HeadersTooLarge(f"the request headers are larger than {server.max_header_bytes} bytes")
-        limit = server.max_body_bytes
+        limit = self.max_body_bytes()
         if len(self.request.body) > limit:
             raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+
+    def max_body_bytes(self) -> int:
+        """The largest body this route takes (413 beyond); /jobs takes whole documents."""
+        return self.services.settings.server.max_body_bytes
 
     def on_finish(self) -> None:
         self._done()

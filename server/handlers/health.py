@@ -5,7 +5,7 @@ from __future__ import annotations
 from server.handlers.base import BaseHandler
 from server.metrics import CONTENT_TYPE
 from server.openapi import Reply, operation
-from server.schemas import Health, Readiness, dump
+from server.schemas import Health, QueueReport, Readiness, dump
 
 
 class HealthHandler(BaseHandler):
@@ -52,6 +52,7 @@ class ReadyHandler(BaseHandler):
             store=store,  # type: ignore[arg-type]
             degraded=degraded or None,  # type: ignore[arg-type]
             problem=catalog.problem or None,
+            jobs=QueueReport(**services.jobs.report()) if services.jobs is not None else None,
         )
         self.write_json(dump(body), 200 if services.ready else 503)
 

@@ -15,6 +15,11 @@ limit and while padding stays within `max_padding` of the real work. When the ba
 the leader may wait up to `window_s` for more, but never past its own deadline: a first chunk's
 deadline is its arrival, so first chunks never wait, and a first chunk arriving during a wait
 leads at once, taking the waiting jobs along.
+
+Background jobs (the sentences of `/jobs` documents) come after every interactive job in the
+deadline order, start only while fewer than `concurrency` calls run, and never take an
+interactive slot: interactive calls have `concurrency` slots of their own beside them, so a
+stream's first window starts at once even while a background window is in progress.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class _Job:
     key: Hashable | None = field(default=None, compare=False)  # None: always runs alone
     size: int = field(default=1, compare=False)  # work units (phonemes), for the padding rule
     limit: int = field(default=1, compare=False)  # most jobs in a batch this job leads
+    background: bool = field(default=False, compare=False)  # a job's sentence: only spare capacity
 
 
 def _alone(fn: Callable[[], T]) -> Callable[[list[None]], list[T]]:
@@ -63,10 +69,13 @@ class Scheduler:
         self._max_active = max_active
         self._window_s = window_s
         self._max_padding = max_padding
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="infer")
+        # Twice the slots: background calls may hold `concurrency` threads without taking any from
+        # interactive ones (see the module docstring).
+        self._executor = ThreadPoolExecutor(2 * concurrency, thread_name_prefix="infer")
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._running = 0
+        self._running_background = 0
         self._timer: asyncio.TimerHandle | None = None
         self.active = 0
         self.completed = 0
@@ -100,13 +109,14 @@ class Scheduler:
         key: Hashable,
         size: int,
         limit: int,
+        background: bool = False,
     ) -> T:
         """Run `item` through `run_many`, perhaps in one call with other items of the same `key`.
 
         `run_many` is blocking and returns one result per item, in order; all jobs with one key
         must accept each other's items (the leader's `run_many` runs the whole batch).
         """
-        return await self._submit(run_many, item, deadline, key, size, limit)
+        return await self._submit(run_many, item, deadline, key, size, limit, background)
 
     async def _submit(
         self,
@@ -116,10 +126,13 @@ class Scheduler:
         key: Hashable | None,
         size: int,
         limit: int,
+        background: bool = False,
     ) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        job = _Job(deadline, next(self._seq), run_many, item, future, loop.time(), key, size, limit)
+        job = _Job(
+            deadline, next(self._seq), run_many, item, future, loop.time(), key, size, limit, background
+        )
         heapq.heappush(self._heap, job)
         self._dispatch()
         return await future
@@ -129,11 +142,15 @@ class Scheduler:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._running < self._concurrency and self._heap:
+        while self._heap:
             leader = self._heap[0]
             if leader.future.done():  # its requester went away while it waited
                 heapq.heappop(self._heap)
                 continue
+            if self._running >= self._concurrency and (
+                leader.background or self._running - self._running_background >= self._concurrency
+            ):
+                return  # no spare capacity for background work, or every interactive slot busy
             batch = self._batch_for(leader)
             if len(batch) < leader.limit:
                 hold_until = min(leader.queued_at + self._window_s, leader.deadline)
@@ -144,6 +161,7 @@ class Scheduler:
             self._heap = [job for job in self._heap if id(job) not in taken]
             heapq.heapify(self._heap)
             self._running += 1
+            self._running_background += leader.background
             self.batches += 1
             done = loop.run_in_executor(self._executor, leader.run_many, [job.item for job in batch])
             done.add_done_callback(lambda result, batch=batch: self._finished(batch, result))
@@ -169,6 +187,7 @@ class Scheduler:
 
     def _finished(self, batch: list[_Job], result: asyncio.Future[Sequence[Any]]) -> None:
         self._running -= 1
+        self._running_background -= batch[0].background
         self.completed += len(batch)
         if result.cancelled():  # the pool shut down under it
             for job in batch:

@@ -1,0 +1,1 @@
+"""Long documents as asynchronous jobs: the queue (SAQ over Redis) beside the request path."""

@@ -1,0 +1,215 @@
+"""The job runner: one document, sentence by sentence, through the same SpeechService as `/tts`.
+
+SAQ calls `run` in a worker process. Each sentence is a background `synthesize` (the scheduler
+runs it after every interactive request's work), so its audio lands in the tiers under the same
+key `/tts` gives that sentence; then the piece is appended to the job's cursor. An attempt that
+follows a dead worker starts at the cursor: finished sentences are never synthesized again. When
+every sentence is done the pieces are joined (with the sentence silence `/tts` puts between
+sentences) into one WAV stored under the job's own key, which `/audio/{key}.{ext}` serves and
+encodes once per format. A cancel takes effect between sentences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from loguru import logger
+
+from server.audio.pcm import duration_s, parse_wav, silence, wav_bytes
+from server.errors import InvalidRequest, NotFound, Overloaded, TTSError
+from server.jobs import store as states
+from server.jobs.document import Document, split_document
+from server.jobs.store import JobStore, Record
+from server.metrics import Metrics
+from server.request import SpeechRequest, length_scale
+from server.settings import Settings
+from server.speech import Audio, SpeechService
+
+OVERLOADED_BACKOFF_S: Final = (0.05, 2.0)
+
+
+def output_key(job_id: str) -> str:
+    """The tiers' key of a job's joined audio (64 hex digits, like every audio key)."""
+    return hashlib.sha256(f"job-output:{job_id}".encode()).hexdigest()
+
+
+class Cancelled(Exception):
+    """The job's owner asked to cancel it; raised between sentences."""
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        speech: SpeechService,
+        metrics: Metrics,
+        on_finished: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._speech = speech
+        self._metrics = metrics
+        self._on_finished = on_finished
+
+    async def run(self, ctx: dict[str, Any], *, job_id: str) -> None:
+        """The SAQ function: one attempt at one job."""
+        saq_job = ctx["job"]
+        record = await self._store.get(job_id)
+        if record is None or record.terminal:
+            return  # deleted, or finished by an earlier attempt
+        text = await self._store.text(job_id)
+        if record.cancel or text is None:
+            await self._finish(job_id, states.CANCELLED)
+            return
+        document = split_document(text)
+        await self._store.started(job_id, saq_job.attempts, len(document.sentences))
+        heartbeat = asyncio.ensure_future(self._heartbeat(saq_job))
+        log = logger.bind(job_id=job_id)
+        log.info("job attempt {} of {} sentences", saq_job.attempts, len(document.sentences))
+        try:
+            await self._sentences(record, document, saq_job)
+            output = await self._join(record, document)
+        except Cancelled:
+            await self._finish(job_id, states.CANCELLED)
+            return
+        except asyncio.CancelledError:
+            # SAQ stops the task on an abort (our cancel) or a timeout; only the first is ours to record.
+            if await self._store.cancel_requested(job_id):
+                await asyncio.shield(self._finish(job_id, states.CANCELLED))
+            raise
+        except TTSError as error:  # the request itself cannot be spoken: retrying will not help
+            log.warning("job failed: {}", error.message)
+            await self._finish(job_id, states.FAILED, error={"code": error.code, "message": error.message})
+            return
+        except Exception:
+            log.exception("job attempt {} failed", saq_job.attempts)
+            if saq_job.attempts >= saq_job.retries:
+                await self._finish(
+                    job_id, states.FAILED, error={"code": "synthesis_failed", "message": "synthesis failed"}
+                )
+            raise
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        started = record.started_at or time.time()
+        self._metrics.job_seconds.observe(max(0.0, time.time() - started))
+        await self._finish(job_id, states.COMPLETED, output=output)
+        log.info("job completed: {} s of audio", output["duration_s"])
+
+    async def _heartbeat(self, saq_job: Any) -> None:
+        """Touch the SAQ job while a sentence waits or runs, so only a dead worker's job is swept."""
+        interval = max(0.5, self._settings.jobs.heartbeat_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await saq_job.update()
+
+    def _request(self, record: Record, text: str) -> SpeechRequest:
+        wanted = record.request
+        label, scale = length_scale(wanted.get("speed"))
+        return SpeechRequest(
+            text=text, voice=wanted["voice"], speaker=wanted.get("speaker"), length_scale=scale, speed=label
+        )
+
+    async def _synthesize(self, request: SpeechRequest) -> Audio | None:
+        """One sentence at background priority; None when it has nothing to speak."""
+        delay, most = OVERLOADED_BACKOFF_S
+        while True:
+            try:
+                return await self._speech.synthesize(request, background=True)
+            except Overloaded:  # interactive requests hold every slot: wait for one
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, most)
+            except InvalidRequest:
+                return None  # only punctuation, say: silence, as /tts would refuse it
+
+    async def _sentences(self, record: Record, document: Document, saq_job: Any) -> None:
+        job_id = record.id
+        total = len(document.sentences)
+        cursor = (await self._store.get(job_id) or record).sentences_done
+        for index in range(cursor, total):
+            if await self._store.cancel_requested(job_id):
+                raise Cancelled
+            began = time.perf_counter()
+            audio = await self._synthesize(self._request(record, document.sentences[index]))
+            fresh = audio is not None and audio.tier == "miss"
+            piece = {
+                "key": audio.key if audio is not None else None,
+                "duration_s": round(audio.duration_s, 6) if audio is not None else 0.0,
+                "synthesized": fresh,
+                "attempt": saq_job.attempts,
+            }
+            if not await self._store.append_piece(job_id, index, piece):
+                if await self._store.get(job_id) is None:
+                    raise Cancelled  # deleted meanwhile: stop quietly
+                raise RuntimeError(f"job {job_id}: sentence {index} was recorded by another attempt")
+            self._metrics.job_sentences.labels("synthesized" if fresh else "cached").inc()
+            self._metrics.job_sentence_seconds.inc(time.perf_counter() - began)
+            with contextlib.suppress(Exception):
+                await saq_job.update(progress=(index + 1) / total)
+
+    async def _piece_pcm(
+        self, record: Record, document: Document, index: int, piece: dict[str, Any]
+    ) -> bytes:
+        if piece["key"] is None:
+            return b""
+        try:
+            audio = await self._speech.audio(piece["key"])
+        except NotFound:  # evicted from every tier since: make it again (a rare second synthesis)
+            found = await self._synthesize(self._request(record, document.sentences[index]))
+            if found is None:
+                return b""
+            audio = found
+        return bytes(parse_wav(audio.wav)[1])
+
+    async def _join(self, record: Record, document: Document) -> dict[str, Any]:
+        """One WAV from the pieces, stored under the job's key; its segments' times."""
+        pieces = await self._store.pieces(record.id)
+        voice = self._speech.catalog.get(record.request["voice"])
+        rate = voice.sample_rate
+        gap = silence(rate, self._settings.synthesis.sentence_silence_s)
+        chunks: list[bytes] = []
+        starts: list[float] = []
+        ends: list[float] = []
+        position = 0
+        for index, piece in enumerate(pieces):
+            if index and gap:
+                chunks.append(gap)
+                position += len(gap)
+            pcm = await self._piece_pcm(record, document, index, piece)
+            starts.append(duration_s(rate, position))
+            chunks.append(pcm)
+            position += len(pcm)
+            ends.append(duration_s(rate, position))
+        wav = wav_bytes(rate, b"".join(chunks))
+        key = output_key(record.id)
+        if not await self._speech.cache.put(key, wav):
+            raise RuntimeError("the joined audio could not be stored durably")
+        segments = [
+            {
+                "kind": segment.kind,
+                "text_start": segment.start,
+                "text_end": segment.end,
+                "start_s": round(starts[segment.first], 3),
+                "end_s": round(ends[segment.first + segment.count - 1], 3),
+            }
+            for segment in document.segments
+        ]
+        return {
+            "key": key,
+            "duration_s": round(duration_s(rate, position), 3),
+            "sample_rate": rate,
+            "segments": segments,
+        }
+
+    async def _finish(self, job_id: str, status: str, **details: Any) -> None:
+        if await self._store.finish(job_id, status, self._settings.jobs.ttl_s, **details):
+            self._metrics.jobs.labels(status).inc()
+            await self._on_finished(job_id)
