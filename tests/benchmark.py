@@ -355,6 +355,8 @@ class Floor:
             provider=self.settings.synthesis.provider,
             intra_op_threads=self.settings.intra_op_threads(),
             cuda_device_id=self.settings.synthesis.cuda_device_id,
+            cpu_mem_arena=self.settings.synthesis.cpu_mem_arena,  # the server's memory settings too
+            mem_pattern=self.settings.synthesis.mem_pattern,
         )
         self.voice = Voice.load(files, replace(options, windowed=False))
         self.parts = Voice.load(

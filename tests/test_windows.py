@@ -85,6 +85,15 @@ def test_the_voice_loads_windowed_with_margins_measured_at_load(voices):
     assert 0 < voice.windows.flow_margin <= 64
 
 
+def test_the_parts_run_without_onnxruntimes_cpu_arena_or_memory_patterns_by_default(voices):
+    # Both hold every call's peak for the process's life: about 250 MiB after a bench run.
+    voice, _ = voices
+    assert voice.windows is not None
+    for session in (voice.windows.encoder, voice.windows.flow, voice.windows.decoder):
+        options = session.get_session_options()
+        assert (options.enable_cpu_mem_arena, options.enable_mem_pattern) == (False, False)
+
+
 @pytest.mark.parametrize("count", [1, 5, 20, 60, 150, 400])
 def test_with_the_noise_off_windows_equal_the_stock_one_shot_synthesis(voices, count):
     voice, stock = voices

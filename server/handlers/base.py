@@ -105,7 +105,9 @@ class BaseHandler(tornado.web.RequestHandler):
             fields["voice"] = self.voice
         if self.text_chars is not None:
             fields["text_chars"] = self.text_chars
-        logger.bind(**fields).info("{} {} {}", self.request.method, self.request.path, status)
+        # Keyword arguments land in the record's extra like bind()'s, without building a logger
+        # per request (the access line is the largest cost of an L1 hit after Tornado itself).
+        logger.info("{} {} {}", self.request.method, self.request.path, status, **fields)
 
     # -- headers -----------------------------------------------------------------------------
 
@@ -240,6 +242,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+    def write_model(self, model: BaseModel, status: int = 200) -> None:
+        """A response model as compact JSON, serialized by pydantic-core in one step: the same bytes
+        as `write_json(dump(model))` at half the cost (it is on the path of every /tts hit)."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(model.model_dump_json())
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error is JSON; unexpected ones are logged with their traceback and say nothing."""
