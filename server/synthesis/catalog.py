@@ -6,14 +6,13 @@ stays up for `/healthz`; readiness turns true only when every voice has synthesi
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 from dataclasses import dataclass
 
 import numpy as np
 from loguru import logger
 
 from server.errors import UnknownVoice
+from server.memory import trim_heap
 from server.settings import Settings
 from server.synthesis.files import bundled_voice, discover, voice_file_problem  # noqa: F401 (bundled_voice: re-exported)
 from server.synthesis.voice import CUDA, RuntimeOptions, Voice
@@ -91,7 +90,7 @@ class VoiceCatalog:
             self._warm_up(voice)
             voice.batch_limit = self._batch_limit(voice)
             self._voices[voice.voice_id] = voice
-        _trim_heap()
+        trim_heap()  # loading freed the model protos and the split parts' bytes: about 65 MiB
         if self.default_voice not in self._voices:
             self.problem = f"default voice {self.default_voice!r} not found"
         elif synthesis.require_cuda and any(v.provider != CUDA for v in self._voices.values()):
@@ -135,16 +134,6 @@ class VoiceCatalog:
             )
             for v in self._voices.values()
         ]
-
-
-def _trim_heap() -> None:
-    """Give the heap that loading freed (model protos, the split parts' bytes) back to the system.
-
-    glibc keeps freed memory for reuse, so without this a worker holds about 65 MiB it no longer
-    needs for its whole life (measured on the bundled voice). Without glibc there is nothing to do.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def batch_matches_alone(voice: Voice) -> bool:
