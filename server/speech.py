@@ -412,7 +412,7 @@ class SpeechService:
                 del self._flights[flight.key]
             if not self._flights:
                 # The last synthesis ended: the buffers of its calls go back to the system (about
-                # 130 MiB after a bench run), not kept at the peak for the worker's life.
+                # 110 MiB after a bench-like run), not kept at their peak for the worker's life.
                 with contextlib.suppress(RuntimeError):  # the pool is shut down: we are closing
                     loop.run_in_executor(self._text_pool, trim_heap)
             if lock_token is not None:

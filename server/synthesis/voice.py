@@ -60,7 +60,7 @@ class RuntimeOptions:
     # onnxruntime's CPU arena keeps the peak of every call (the warm-up's whole sentences) for
     # the process's life; off, each call's buffers go back to the allocator (see README, memory).
     cpu_mem_arena: bool = False
-    mem_pattern: bool = False
+    mem_pattern: bool = False  # CPU sessions only
 
     def cuda_provider_options(self) -> dict[str, str]:
         """CUDAExecutionProvider options, as onnxruntime documents them (string values)."""
@@ -307,7 +307,6 @@ def _make_session(model: bytes, options: RuntimeOptions) -> ort.InferenceSession
     session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session_options.enable_cpu_mem_arena = options.cpu_mem_arena
-    session_options.enable_mem_pattern = options.mem_pattern
     # Idle spinning threads would burn the cores that other workers' inference needs.
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -324,4 +323,8 @@ def _make_session(model: bytes, options: RuntimeOptions) -> ort.InferenceSession
             providers = [(CUDA, options.cuda_provider_options()), CPU]
         elif options.provider == "cuda":
             logger.warning("CUDA requested but onnxruntime offers only {}", ort.get_available_providers())
+    if providers == [CPU]:
+        # Measured on the CPU only; a CUDA session keeps onnxruntime's default until it is
+        # measured on a GPU.
+        session_options.enable_mem_pattern = options.mem_pattern
     return ort.InferenceSession(model, sess_options=session_options, providers=providers)
