@@ -39,6 +39,7 @@ class Call:
 
     kind: str
     streams: tuple[int, ...]
+    deadline: float  # its leading job's (the scheduler's clock: the IOLoop's time)
     started: float
     ended: float
 
@@ -49,6 +50,7 @@ class RecordingScheduler(Scheduler):
     def __init__(self, stream_of: Callable[[Any], int], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.calls: list[Call] = []
+        self.submitted: list[tuple[float, str, int, float]] = []  # (when, kind, stream, deadline)
         self._stream_of = stream_of
         self._lock = threading.Lock()
 
@@ -63,13 +65,15 @@ class RecordingScheduler(Scheduler):
         limit: int,
     ) -> Any:
         kind = key[0] if isinstance(key, tuple) else str(key)
+        self.submitted.append((time.perf_counter(), kind, self._stream_of(item), deadline))
 
         def recorded(items: list[Any]) -> Sequence[Any]:
             started = time.perf_counter()
             try:
                 return run_many(items)
             finally:
-                call = Call(kind, tuple(self._stream_of(i) for i in items), started, time.perf_counter())
+                streams = tuple(self._stream_of(i) for i in items)
+                call = Call(kind, streams, deadline, started, time.perf_counter())
                 with self._lock:
                     self.calls.append(call)
 
@@ -147,7 +151,7 @@ async def play(harness: Harness, n: int, arrivals: list[float], started: asyncio
 
 
 def test_a_new_streams_first_chunk_overtakes_the_sentences_of_three_playing_streams(tmp_path):
-    async def scenario() -> tuple[list[Call], float, float, int]:
+    async def scenario() -> tuple[list[Call], list[tuple[float, str, int, float]], float, int]:
         harness = Harness(make_settings(tmp_path))
         await harness.start()
         try:
@@ -156,25 +160,31 @@ def test_a_new_streams_first_chunk_overtakes_the_sentences_of_three_playing_stre
                 started = asyncio.Event()
                 playing.append(asyncio.ensure_future(play(harness, n, [], started, 2)))
                 await started.wait()  # each is playing (two chunks in) before the next starts
-            requested = time.perf_counter()
             newcomer = harness.stream(3)
             first_at, _ = await newcomer.__anext__()
             await newcomer.aclose()
             await asyncio.gather(*playing)
-            return harness.scheduler.calls, requested, first_at, harness.settings.synthesis.concurrency
+            scheduler = harness.scheduler
+            return scheduler.calls, scheduler.submitted, first_at, harness.settings.synthesis.concurrency
         finally:
             await harness.close()
 
-    calls, requested, first_at, concurrency = asyncio.run(scenario())
+    calls, queued, first_at, concurrency = asyncio.run(scenario())
 
+    encode_queued, _, _, arrival = next(q for q in queued if q[1] == "encode" and q[2] == 3)
     encode = next(c for c in calls if c.kind == "encode" and 3 in c.streams)
     first = next(c for c in calls if c.kind == "window" and 3 in c.streams)
-    assert requested < encode.started < first.started < first_at
-    # Between the newcomer's request and its first window only its encoder and, at most, the
-    # calls already running when each of its two jobs was queued ran for the other streams: the
-    # deadline order puts its jobs first, so it waits about one window, not a sentence.
-    others = [c for c in calls if 3 not in c.streams and c.ended > requested and c.started < first.started]
-    assert len(others) <= 2 * concurrency + 1, [(c.kind, c.streams) for c in others]
+    assert encode_queued < encode.started < first.started < first_at
+    # Once the newcomer's encoder is queued, it waits only for the call already running (one window
+    # per inference slot): its jobs carry its arrival as their deadline, so a playing stream's
+    # window may go first only if that stream is more urgent still (about to run dry), which on a
+    # machine keeping up is none of them. So it waits about one window, never for a sentence.
+    running = [c for c in calls if 3 not in c.streams and c.started < encode_queued < c.ended]
+    assert len(running) <= concurrency
+    overtaking = [c for c in calls if 3 not in c.streams and encode_queued < c.started < first.started]
+    late = [(c.streams, c.deadline - arrival) for c in overtaking if c.deadline > arrival]
+    assert late == []
+    assert first.deadline == arrival
     # And each playing stream was mid-sentence: its sentence still had windows to make after the
     # newcomer's first audio, so that audio did not wait for any of their sentences to finish.
     for n in range(3):
