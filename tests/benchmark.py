@@ -8,12 +8,18 @@
 - misses: `/tts` and `/tts/stream` on texts nobody asked for before (a nonce in each), each
   back to back with the floor on the same text; the server's own inference seconds (from its
   metrics) are recorded beside, which separates its overhead from a slower inference;
+- first audio (issue 13): a short, a medium and a long sentence without commas, each first in a
+  stream, against the floor's split parts on the same ids, and the long one against its one-shot;
+- preemption: a cold stream's first audio while 3 long streams play, against the same alone;
+- engine: windowed against one-shot throughput of the long sentence, in this process;
 - load: 8 cold streams at once (first audio, real-time underrun) with `/healthz` polled
-  meanwhile, referred to the same paragraphs streamed alone and to the floor of their first chunks;
-- hits: `/tts` and `/audio` from L1 and from L2 under 32 keep-alive connections, beside a bare
-  Tornado app in its own process (a small JSON, and a body the size of the WAV); the load
-  generator runs in separate processes and checks that every answer came from the named tier;
-- memory: the servers' resident size after all of it.
+  meanwhile, referred to the one-shot floor of their 8 first sentences in a row;
+- hits: `/tts`, `/audio` and `/v1/audio/speech` (mp3) from L1 and `/tts`, `/audio` from L2 under
+  32 keep-alive connections, beside a bare Tornado app in its own process (a small JSON, and a
+  body the size of the WAV); the load generator runs in separate processes and checks that every
+  answer came from the named tier;
+- memory: the servers' resident size after all of it, and the bytes the L1 server's cache holds
+  (from `/admin/runtime`), to tell the engine's share from the cache's.
 
 Every timing is the median of a few repeats. This is a shared 2-core machine, so the CPU that
 other processes used during each phase is reported too: a figure taken while they were busy is
