@@ -173,6 +173,8 @@ class SynthesisSettings(Section):
     cuda_mem_limit_bytes: int = Field(0, ge=0, le=1 << 42)
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
     cuda_copy_in_default_stream: bool = True
+    cpu_mem_arena: bool = False
+    mem_pattern: bool = False
     intra_op_threads: int = Field(0, ge=0, le=256)
     concurrency: int = Field(1, ge=1, le=64)
     batch_max_size: int = Field(0, ge=0, le=256)

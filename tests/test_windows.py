@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from loguru import logger
 
 from server.synthesis.catalog import bundled_voice
 from server.synthesis.graph import find_cuts
@@ -84,6 +85,15 @@ def test_the_voice_loads_windowed_with_margins_measured_at_load(voices):
     assert 0 < voice.windows.flow_margin <= 64
 
 
+def test_the_parts_run_without_onnxruntimes_cpu_arena_or_memory_patterns_by_default(voices):
+    # Both hold every call's peak for the process's life: about 250 MiB after a bench run.
+    voice, _ = voices
+    assert voice.windows is not None
+    for session in (voice.windows.encoder, voice.windows.flow, voice.windows.decoder):
+        options = session.get_session_options()
+        assert (options.enable_cpu_mem_arena, options.enable_mem_pattern) == (False, False)
+
+
 @pytest.mark.parametrize("count", [1, 5, 20, 60, 150, 400])
 def test_with_the_noise_off_windows_equal_the_stock_one_shot_synthesis(voices, count):
     voice, stock = voices
@@ -127,6 +137,27 @@ def test_margins_too_small_are_refused(voices):
         assert find_margins(engine, encoded, FIRST, SIZE, voice.voice_id, fixed=(1, 1)) is None
     finally:
         engine.flow_margin, engine.decoder_margin = kept
+
+
+def test_a_voice_whose_margin_check_fails_loads_whole_sentence_synthesis_with_one_warning():
+    # Margins of one frame are far too small: the check at load refuses the windows, and the voice
+    # falls back to the stock graph (which still synthesizes), saying so in exactly one line.
+    files = bundled_voice()
+    assert files is not None
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(message.record["message"]), level="WARNING")
+    try:
+        voice = Voice.load(
+            files, RuntimeOptions(provider="cpu", flow_margin_frames=1, decoder_margin_frames=1)
+        )
+    finally:
+        logger.remove(sink)
+
+    assert voice.windows is None and voice.session is not None
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{voice.voice_id}: windows differ from one-shot by ")
+    assert warnings[0].endswith("(flow margin 1, decoder 1), so not windowed")
+    assert voice.infer(voice.warmup_ids(), 1.0, None).size % 256 == 0
 
 
 def test_a_voice_with_windowing_off_synthesizes_whole_sentences_with_the_stock_graph(voices):

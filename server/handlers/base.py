@@ -109,7 +109,9 @@ class BaseHandler(tornado.web.RequestHandler):
             fields["voice"] = self.voice
         if self.text_chars is not None:
             fields["text_chars"] = self.text_chars
-        logger.bind(**fields).info("{} {} {}", self.request.method, self.request.path, status)
+        # Keyword arguments land in the record's extra like bind()'s, without building a logger
+        # per request (the access line is the largest cost of an L1 hit after Tornado itself).
+        logger.info("{} {} {}", self.request.method, self.request.path, status, **fields)
 
     # -- headers -----------------------------------------------------------------------------
 
@@ -244,6 +246,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+    def write_model(self, model: BaseModel, status: int = 200) -> None:
+        """A response model as compact JSON in one pydantic-core call: the bytes of
+        `write_json(dump(model))` without the intermediate dict (on the path of every /tts hit)."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(model.model_dump_json())
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error is JSON; unexpected ones are logged with their traceback and say nothing."""

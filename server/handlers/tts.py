@@ -11,7 +11,7 @@ from server.handlers.base import BaseHandler
 from server.openapi import RATE_LIMIT_HEADERS, Reply, operation
 from server.ratelimit import REQUESTS
 from server.request import SpeechRequest, speech_request
-from server.schemas import SpeechFields, Synthesis, TTSFields, dump, validate
+from server.schemas import SpeechFields, Synthesis, TTSFields, validate
 
 SPEECH_ERRORS: Final = (400, 401, 413, 429, 503)
 STORED: Final = {
@@ -93,4 +93,4 @@ class TTSHandler(SpeechHandler):
             sample_rate=audio.sample_rate,
             cache=audio.tier,  # type: ignore[arg-type]
         )
-        self.write_json(dump(synthesis))
+        self.write_model(synthesis)

@@ -12,6 +12,7 @@ import numpy as np
 from loguru import logger
 
 from server.errors import UnknownVoice
+from server.memory import trim_heap
 from server.settings import Settings
 from server.synthesis.files import bundled_voice, discover, voice_file_problem  # noqa: F401 (bundled_voice: re-exported)
 from server.synthesis.voice import CUDA, RuntimeOptions, Voice
@@ -62,6 +63,8 @@ class VoiceCatalog:
             cuda_mem_limit_bytes=synthesis.cuda_mem_limit_bytes,
             cudnn_conv_algo_search=synthesis.cudnn_conv_algo_search,
             cuda_copy_in_default_stream=synthesis.cuda_copy_in_default_stream,
+            cpu_mem_arena=synthesis.cpu_mem_arena,
+            mem_pattern=synthesis.mem_pattern,
             windowed=synthesis.windowed,
             first_window_frames=synthesis.first_window_frames,
             window_frames=synthesis.window_frames,
@@ -88,6 +91,7 @@ class VoiceCatalog:
             self._warm_up(voice)
             voice.batch_limit = self._batch_limit(voice)
             self._voices[voice.voice_id] = voice
+        trim_heap()  # loading freed the model protos and the split parts' bytes: about 65 MiB
         if self.default_voice not in self._voices:
             self.problem = f"default voice {self.default_voice!r} not found"
         elif synthesis.require_cuda and any(v.provider != CUDA for v in self._voices.values()):

@@ -200,7 +200,11 @@ class Scheduler:
             for job, value in zip(batch, result.result(), strict=True):
                 if not job.future.done():
                     job.future.set_result(value)
-        self._dispatch()
+        # Not at once: the jobs' owners resume first (their wake-ups are already queued) and
+        # queue their next jobs, so the choice sees them too. A stream's next window then competes
+        # by deadline with the others', and equal windows of concurrent streams can share a call
+        # instead of strictly alternating.
+        asyncio.get_running_loop().call_soon(self._dispatch)
 
     def shutdown(self) -> None:
         if self._timer is not None:

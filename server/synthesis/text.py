@@ -22,6 +22,10 @@ WORD_BREAK: Final = " "
 
 def normalize_text(text: str) -> str:
     """NFC, control and format characters removed, whitespace collapsed and stripped."""
+    if text.isascii() and text.isprintable():
+        # The common case, and on every cache hit: printable ASCII is already NFC and has no
+        # control or format characters, so only spaces can change (a profiled hit-path cost).
+        return _WHITESPACE.sub(" ", text).strip()
     text = unicodedata.normalize("NFC", text)
     kept = []
     for char in text:

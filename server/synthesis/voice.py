@@ -57,6 +57,10 @@ class RuntimeOptions:
     cuda_mem_limit_bytes: int = 0  # 0: no cap
     cudnn_conv_algo_search: str = "HEURISTIC"
     cuda_copy_in_default_stream: bool = True
+    # onnxruntime's CPU arena keeps the peak of every call (the warm-up's whole sentences) for
+    # the process's life; off, each call's buffers go back to the allocator (see README, memory).
+    cpu_mem_arena: bool = False
+    mem_pattern: bool = False  # CPU sessions only
 
     def cuda_provider_options(self) -> dict[str, str]:
         """CUDAExecutionProvider options, as onnxruntime documents them (string values)."""
@@ -312,6 +316,7 @@ def _make_session(model: bytes, options: RuntimeOptions) -> ort.InferenceSession
     session_options.inter_op_num_threads = 1
     session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session_options.enable_cpu_mem_arena = options.cpu_mem_arena
     # Idle spinning threads would burn the cores that other workers' inference needs.
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -328,4 +333,8 @@ def _make_session(model: bytes, options: RuntimeOptions) -> ort.InferenceSession
             providers = [(CUDA, options.cuda_provider_options()), CPU]
         elif options.provider == "cuda":
             logger.warning("CUDA requested but onnxruntime offers only {}", ort.get_available_providers())
+    if providers == [CPU]:
+        # Measured on the CPU only; a CUDA session keeps onnxruntime's default until it is
+        # measured on a GPU.
+        session_options.enable_mem_pattern = options.mem_pattern
     return ort.InferenceSession(model, sess_options=session_options, providers=providers)
