@@ -81,8 +81,10 @@ def test_http_server_replaces_tornados_loose_defaults():
     assert params.max_header_size == 1 << 20
     assert params.header_timeout == 60.0  # Tornado: an hour
     assert params.body_timeout == 10.0  # Tornado: none
-    # Tornado: 100 MiB. Bodies past max_body_bytes (64 KiB) and up to this get a JSON 413.
-    assert params.max_body_size == 1 << 20
+    # Tornado: 100 MiB. Ours reads a /jobs document (4 bytes a character of jobs.max_text_chars,
+    # plus the other fields); every other route answers bodies past max_body_bytes (64 KiB) with
+    # a JSON 413 (the 70,000-character /tts body below).
+    assert params.max_body_size == 4 * settings.jobs.max_text_chars + 65536
 
 
 # -- security headers ---------------------------------------------------------------------------------
