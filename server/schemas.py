@@ -30,6 +30,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from server.errors import InvalidRequest, TTSError
+from server.text.spans import TextFormat
 
 # The original API's named speeds, as length_scale (larger is slower).
 SPEED_PRESETS: Final = {
@@ -140,6 +141,11 @@ class SpeechFields(Model):
     speed: Speed = None
     voice: Voice = None
     speaker: Speaker = None
+    text_format: Annotated[
+        TextFormat | None,
+        BeforeValidator(lambda value: None if value == "" else value),
+        Field(description="How text is read: plain, markdown or ssml; empty: the route's configured default"),
+    ] = None
 
 
 class TTSFields(SpeechFields):

@@ -91,7 +91,14 @@ class Services:
         )
         limiter = RateLimiter(settings.limits, redis)
         speech = SpeechService(
-            synthesis, catalog, cache, scheduler, metrics, limiter, lock_ttl_s=settings.redis.lock_ttl_s
+            synthesis,
+            catalog,
+            cache,
+            scheduler,
+            metrics,
+            limiter,
+            lock_ttl_s=settings.redis.lock_ttl_s,
+            text=settings.text,
         )
         renditions = Renditions(speech, cache, metrics, settings.audio)
         return cls(

@@ -39,12 +39,17 @@ from server.errors import (
 from server.metrics import Metrics
 from server.ratelimit import SYNTHESIS, RateLimiter
 from server.request import SpeechRequest
-from server.settings import SynthesisSettings
+from server.settings import SynthesisSettings, TextSettings
 from server.synthesis.catalog import VoiceCatalog
 from server.synthesis.scheduler import Admission, Scheduler
-from server.synthesis.text import Utterance, plan_utterances
 from server.synthesis.voice import Voice
 from server.synthesis.windows import Encoded, Window, window_bounds
+from server.text.markdown import MarkdownRules
+from server.text.normalize import NORMALIZATION_VERSION
+from server.text.plan import FrontEnd, plan_text
+from server.text.sentences import Pauses
+from server.text.spans import Segment, TextPlan
+from server.text.utterances import WORD_BREAK, Utterance, join_sentences, plan_utterances
 
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
 LOCK_POLL_S: Final = 0.05
@@ -62,7 +67,7 @@ class _Part:
     speaker_id: int | None
     fade_in: bool  # the utterance starts here
     fade_out: bool  # the utterance ends here
-    silence_after: bool  # a sentence ends here and another follows
+    silence_s: float  # silence after it: a sentence's, paragraph's or break's pause
     window: Window | None = None
     encode_s: float = 0.0  # the encoder's time for this utterance, counted with its first window
 
@@ -75,6 +80,45 @@ class SentenceFrames:
     frames: tuple[int, ...]  # the duration Ceil: frames for each id
     hop: int  # samples per frame
     start_sample: int  # the utterance's first sample in the flight's PCM
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A request as the service works on it: its voices, its plan and its key."""
+
+    voice: Voice
+    speaker_id: int | None
+    length_scale: float
+    key: str
+    plan: TextPlan
+    voices: dict[str, Voice]  # voices the document switches to, by the name it gives
+
+    def segment_voice(self, segment: Segment) -> tuple[Voice, int | None]:
+        if segment.voice is None:
+            return self.voice, self.speaker_id
+        voice = self.voices[segment.voice]
+        return voice, voice.speaker_id(None)
+
+
+def front_end(synthesis: SynthesisSettings, text: TextSettings) -> FrontEnd:
+    """The front-end's settings, from the configuration."""
+    return FrontEnd(
+        Pauses(synthesis.sentence_silence_s, synthesis.paragraph_silence_s),
+        MarkdownRules(text.code_block_text, text.table_text),
+        text.normalize,
+    )
+
+
+def segment_phonemes(voice: Voice, segment: Segment) -> list[str]:
+    """Blocking (espeak): a segment's runs as one run of phonemes, word breaks between runs."""
+    phonemes: list[str] = []
+    for run in segment.runs:
+        part = list(run.phonemes) if run.phonemes else join_sentences(voice.phonemize(run.text))
+        if part:
+            if phonemes:
+                phonemes.append(WORD_BREAK)
+            phonemes.extend(part)
+    return phonemes
 
 
 @dataclass(frozen=True)
@@ -215,8 +259,10 @@ class SpeechService:
         limiter: RateLimiter,
         *,
         lock_ttl_s: float = 30.0,
+        text: TextSettings | None = None,
     ) -> None:
         self._settings = settings
+        self._front = front_end(settings, text or TextSettings())
         self._limiter = limiter
         self._lock_ttl_s = lock_ttl_s
         self.catalog = catalog
@@ -252,7 +298,7 @@ class SpeechService:
         if not self.catalog.ready:
             raise NotReady(self.catalog.problem or "voices are still loading", retry_after_s=2)
 
-    async def _resolve(self, request: SpeechRequest) -> tuple[Voice, int | None, float, str]:
+    async def _resolve(self, request: SpeechRequest) -> _Resolved:
         await self._until_ready()
         voice = self.catalog.get(request.voice)
         try:
@@ -260,19 +306,49 @@ class SpeechService:
         except KeyError:
             raise InvalidRequest(f"unknown speaker {request.speaker!r} for voice {voice.voice_id}") from None
         length_scale = request.length_scale * voice.length_scale  # the voice's own rate, then the speed
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(
+            self._text_pool, plan_text, request.source, request.text_format, voice.espeak_voice, self._front
+        )
+        if not plan.spoken.strip():
+            raise InvalidRequest("text has nothing to speak", param="text")
+        voices = self._switched_voices(voice, plan)
+        for segment in plan.segments:
+            _check_phonemes(voices.get(segment.voice or "", voice), segment)
+        front = (
+            request.text_format.value,
+            NORMALIZATION_VERSION,
+            *self._front.key(),
+            *(f"{other.voice_id}:{other.digest}" for other in voices.values()),
+        )
         key = audio_key(
             KeyParts(
                 voice.voice_id,
                 voice.digest,
                 speaker_id,
-                request.text,
+                request.source,
                 length_scale,
                 voice.noise_scale,
                 voice.noise_w,
                 self._render_params(),
+                front,
             )
         )
-        return voice, speaker_id, length_scale, key
+        return _Resolved(voice, speaker_id, length_scale, key, plan, voices)
+
+    def _switched_voices(self, voice: Voice, plan: TextPlan) -> dict[str, Voice]:
+        """The voices an SSML document switches to; each must share the request voice's rate."""
+        voices: dict[str, Voice] = {}
+        for name in plan.voices:
+            other = self.catalog.get(name)
+            if other.sample_rate != voice.sample_rate:
+                raise InvalidRequest(
+                    f"voice {other.voice_id} ({other.sample_rate} Hz) cannot be mixed with "
+                    f"{voice.voice_id} ({voice.sample_rate} Hz): their sample rates differ",
+                    param="text",
+                )
+            voices[name] = other
+        return voices
 
     async def _lookup(self, key: str):
         hit = await self.cache.get(key)
@@ -284,13 +360,14 @@ class SpeechService:
 
     async def synthesize(self, request: SpeechRequest, client: str = "") -> Audio:
         """The whole WAV, stored where a URL can reach it (for `/tts`)."""
-        voice, speaker_id, length_scale, key = await self._resolve(request)
+        resolved = await self._resolve(request)
+        key = resolved.key
         hit = await self._lookup(key)
         if hit is not None:
             self.cache.keep_alive(key, hit.wav)
             return Audio(key, hit.wav, hit.tier)
         await self._charge(key, client, len(request.text))
-        flight = self._join(key, request, voice, speaker_id, length_scale)
+        flight = self._join(resolved)
         flight.unbounded = True
         flight.took(len(flight.chunks))
         flight.subscribers += 1
@@ -308,14 +385,15 @@ class SpeechService:
 
     async def stream(self, request: SpeechRequest, client: str = "") -> Stream:
         """A stream of PCM for `/tts/stream`: cached bytes at once, or a live flight."""
-        voice, speaker_id, length_scale, key = await self._resolve(request)
+        resolved = await self._resolve(request)
+        key, rate = resolved.key, resolved.voice.sample_rate
         hit = await self._lookup(key)
         if hit is not None:
-            return Stream(self, key, voice.sample_rate, hit.tier, cached=hit.wav)
+            return Stream(self, key, rate, hit.tier, cached=hit.wav)
         await self._charge(key, client, len(request.text))
-        flight = self._join(key, request, voice, speaker_id, length_scale)
+        flight = self._join(resolved)
         flight.subscribers += 1
-        return Stream(self, key, voice.sample_rate, MISS, flight=flight)
+        return Stream(self, key, rate, MISS, flight=flight)
 
     async def audio(self, key: str) -> Audio:
         """A stored WAV by key (for `/audio/{key}.wav`)."""
@@ -334,18 +412,15 @@ class SpeechService:
         if not decision.allowed:
             raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
 
-    def _join(
-        self, key: str, request: SpeechRequest, voice: Voice, speaker_id: int | None, length_scale: float
-    ) -> Flight:
+    def _join(self, resolved: _Resolved) -> Flight:
+        key = resolved.key
         flight = self._flights.get(key)
         if flight is not None and flight.error is None and not flight.abandoned:
             return flight
         admission = self.scheduler.admit()  # raises Overloaded before anything starts
-        flight = Flight(key, voice.sample_rate, asyncio.get_running_loop().time())
+        flight = Flight(key, resolved.voice.sample_rate, asyncio.get_running_loop().time())
         self._flights[key] = flight
-        flight.task = asyncio.ensure_future(
-            self._produce(flight, request, voice, speaker_id, length_scale, admission)
-        )
+        flight.task = asyncio.ensure_future(self._produce(flight, resolved, admission))
         return flight
 
     def unsubscribe(self, flight: Flight) -> None:
@@ -359,16 +434,7 @@ class SpeechService:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]  # a new request for the key starts afresh
 
-    async def _produce(
-        self,
-        flight: Flight,
-        request: SpeechRequest,
-        voice: Voice,
-        speaker_id: int | None,
-        length_scale: float,
-        admission: Admission,
-    ) -> None:
-        loop = asyncio.get_running_loop()
+    async def _produce(self, flight: Flight, resolved: _Resolved, admission: Admission) -> None:
         lock_token: str | None = None
         try:
             try:
@@ -380,20 +446,10 @@ class SpeechService:
                     self.cache.memory.put(entry_name(flight.key, WAV_SUFFIX), elsewhere)
                     flight.stored.set_result(True)
                     return
-                sentences = await loop.run_in_executor(self._text_pool, voice.phonemize, request.text)
-                plan = plan_utterances(sentences, self._settings.max_sentence_phonemes)
-                if not plan:
-                    raise InvalidRequest("text has nothing to speak", param="text")
-                pacer = _Pacer(flight, loop, self._settings.lookahead_chunks)
-                for index, utterance in enumerate(plan):
-                    await self._utterance(
-                        flight, voice, speaker_id, length_scale, utterance, index == len(plan) - 1, pacer
-                    )
-                    if lock_token is not None:
-                        await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
+                await self._segments(flight, resolved, lock_token)
             finally:
                 admission.release()
-            flight.finish(wav_bytes(voice.sample_rate, b"".join(flight.chunks)))
+            flight.finish(wav_bytes(flight.sample_rate, b"".join(flight.chunks)))
             durable = await self.cache.put(flight.key, flight.wav)
             if not durable:
                 self._metrics.storage_errors.inc()
@@ -412,6 +468,35 @@ class SpeechService:
             if lock_token is not None:
                 await self.cache.redis.release_lock(flight.key, lock_token)
 
+    async def _segments(self, flight: Flight, resolved: _Resolved, lock_token: str | None) -> None:
+        """The plan's segments in order: each phonemized (in the text thread), then its utterances."""
+        loop = asyncio.get_running_loop()
+        pacer = _Pacer(flight, loop, self._settings.lookahead_chunks)
+        segments = resolved.plan.segments
+        spoken = False
+        for index, segment in enumerate(segments):
+            pause = 0.0 if index == len(segments) - 1 else segment.pause_s  # no silence at the end
+            if not segment.runs:  # a break with nothing before it in its block
+                if pause:
+                    await pacer.room()
+                    flight.append(silence(flight.sample_rate, pause))
+                continue
+            voice, speaker_id = resolved.segment_voice(segment)
+            phonemes = await loop.run_in_executor(self._text_pool, segment_phonemes, voice, segment)
+            utterances = plan_utterances([phonemes], self._settings.max_sentence_phonemes)
+            # The voice's own rate, the request's speed, then the document's (SSML prosody).
+            length_scale = resolved.length_scale / segment.rate
+            if voice is not resolved.voice:
+                length_scale *= voice.length_scale / resolved.voice.length_scale
+            for utterance in utterances:
+                silence_s = pause if utterance.ends_sentence else 0.0
+                await self._utterance(flight, voice, speaker_id, length_scale, utterance, silence_s, pacer)
+                spoken = True
+            if lock_token is not None:
+                await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
+        if not spoken:
+            raise InvalidRequest("text has nothing to speak", param="text")
+
     async def _utterance(
         self,
         flight: Flight,
@@ -419,15 +504,14 @@ class SpeechService:
         speaker_id: int | None,
         length_scale: float,
         utterance: Utterance,
-        last: bool,
+        silence_s: float,
         pacer: _Pacer,
     ) -> None:
         """One utterance: the encoder once, then its windows in order (or one whole-utterance job)."""
         ids = tuple(voice.phoneme_ids(utterance.phonemes))
-        silence_after = utterance.ends_sentence and not last
         scale_key = (voice.voice_id, length_scale)
         if voice.windows is None:
-            part = _Part(ids, speaker_id, True, True, silence_after)
+            part = _Part(ids, speaker_id, True, True, silence_s)
             await self._job(
                 flight,
                 pacer,
@@ -469,7 +553,7 @@ class SpeechService:
                 speaker_id,
                 fade_in=number == 0,
                 fade_out=number == len(bounds) - 1,
-                silence_after=silence_after and number == len(bounds) - 1,
+                silence_s=silence_s if number == len(bounds) - 1 else 0.0,
                 window=window,
                 encode_s=encode_s if number == 0 else 0.0,
             )
@@ -590,8 +674,8 @@ class SpeechService:
             m.audio_seconds.labels(voice.voice_id).inc(seconds)
             if seconds > 0:
                 m.real_time_factor.labels(voice.voice_id).observe(share / seconds)
-            if part.silence_after:
-                pcm += silence(voice.sample_rate, self._settings.sentence_silence_s)
+            if part.silence_s:
+                pcm += silence(voice.sample_rate, part.silence_s)
             rendered.append((pcm, elapsed))
         return rendered
 
@@ -601,6 +685,13 @@ class SpeechService:
                 flight.task.cancel()
         await asyncio.gather(*(f.task for f in self._flights.values() if f.task), return_exceptions=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_phonemes(voice: Voice, segment: Segment) -> None:
+    """Inline phonemes (`[[ ]]`, SSML `phoneme`) must all be the voice's own."""
+    unknown = sorted({p for run in segment.runs for p in run.phonemes if p not in voice.phoneme_id_map})
+    if unknown:
+        raise InvalidRequest(f"phonemes unknown to voice {voice.voice_id}: {' '.join(unknown)}", param="text")
 
 
 class _Pacer:

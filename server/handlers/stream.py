@@ -41,6 +41,8 @@ class StreamingHandler(SpeechHandler):
     Subclasses may frame each chunk (`frame`) and end the body (`trailer`), as OpenAI's SSE does.
     """
 
+    default_format_key = "stream_format"
+
     def frame(self, chunk: bytes) -> bytes:
         return chunk
 

@@ -27,10 +27,16 @@ class SpeechHandler(BaseHandler):
         self.require_api_key()
         await self.limit(REQUESTS)
 
+    default_format_key = "tts_format"  # the `text` setting naming this route's default text_format
+
     def speech_request(self, fields: SpeechFields) -> SpeechRequest:
-        synthesis = self.services.settings.synthesis
+        settings = self.services.settings
+        synthesis = settings.synthesis
         request = speech_request(
-            fields, default_voice=synthesis.default_voice, max_chars=synthesis.max_text_chars
+            fields,
+            default_voice=synthesis.default_voice,
+            max_chars=synthesis.max_text_chars,
+            default_format=getattr(settings.text, self.default_format_key),
         )
         self.voice, self.text_chars = request.voice, len(request.text)
         return request

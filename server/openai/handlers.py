@@ -98,10 +98,14 @@ class OpenAISpeechHandler(OpenAIErrors, StreamingHandler):
             default=catalog.default_voice,
         )
         limit = min(settings.openai.max_input_chars, settings.synthesis.max_text_chars)
+        fields: dict[str, object] = {"text": body.input, "voice": voice, "speed": body.speed}
+        if body.text_format is not None:
+            fields["text_format"] = body.text_format
         request = parse_speech_request(
-            {"text": body.input, "voice": voice, "speed": body.speed},
+            fields,
             default_voice=catalog.default_voice,
             max_chars=limit,
+            default_format=settings.text.openai_format,
         )
         self.voice, self.text_chars = request.voice, len(request.text)
         return request
