@@ -87,21 +87,23 @@ def _inline(token: Token, source: _Source) -> Block:
     cursor = start
     pieces: list[Piece] = []
 
-    def add(text: str) -> None:
+    def add(text: str, literal: bool = False) -> None:
         nonlocal cursor
         if not text:
             return
         found = source.text.find(text, cursor, end)
         if found >= 0:
-            pieces.append(Piece(text, found, found + len(text)))
+            pieces.append(Piece(text, found, found + len(text), literal=literal))
             cursor = found + len(text)
         else:  # markdown rewrote it (an entity, an escape): the span of the rest of the block
-            pieces.append(Piece(text, cursor, end))
+            pieces.append(Piece(text, cursor, end, literal=literal))
 
     for child in token.children or []:
         kind = child.type
-        if kind in ("text", "code_inline"):
+        if kind == "text":
             add(child.content)
+        elif kind == "code_inline":  # read as written: no sentence ends inside, no number rules
+            add(child.content, literal=True)
         elif kind in ("softbreak", "hardbreak"):
             pieces.append(Piece(" ", cursor, cursor, literal=True))
         elif kind == "image":

@@ -22,7 +22,8 @@ from server.text.spans import Block, Piece, Run, Segment
 
 # Where pysbd has no rules for a language: a sentence ends at . ! ? followed by a space.
 _FALLBACK_END: Final = re.compile(r"(?<=[.!?…。！？])\s+")
-# A phoneme piece stands in the text pysbd sees as one neutral word of the same length.
+# An atomic piece (phonemes, inline code, say-as words) stands in the text pysbd sees as one
+# neutral word of its length, so no sentence ends inside it.
 _PLACEHOLDER: Final = "x"
 
 
@@ -85,26 +86,36 @@ def _stretches(block: Block) -> Iterable[tuple[list[Piece], float | None, bool]]
 
 def _split(pieces: Sequence[Piece], language: str) -> list[list[Piece]]:
     """The pieces of one stretch, cut into sentences (a text piece may be cut inside)."""
-    text = "".join(p.text if not p.phonemes else _PLACEHOLDER * max(1, len(p.phonemes)) for p in pieces)
+    seen = [_seen(piece) for piece in pieces]
+    text = "".join(seen)
     starts: list[int] = []
     position = 0
-    for piece in pieces:
+    for part in seen:
         starts.append(position)
-        position += len(piece.text) if not piece.phonemes else max(1, len(piece.phonemes))
+        position += len(part)
     sentences: list[list[Piece]] = []
     for start, end in sentence_spans(text, language):
         sentence: list[Piece] = []
-        for piece, at in zip(pieces, starts, strict=True):
-            length = len(piece.text) if not piece.phonemes else max(1, len(piece.phonemes))
+        for piece, at, part in zip(pieces, starts, seen, strict=True):
+            length = len(part)
             low, high = max(start, at), min(end, at + length)
             if low >= high:
                 continue
-            if piece.phonemes or (low == at and high == at + length):
+            if piece.phonemes or piece.literal or (low == at and high == at + length):
                 sentence.append(piece)
             else:
                 sentence.append(_cut(piece, low - at, high - at))
         sentences.append(sentence)
     return sentences
+
+
+def _seen(piece: Piece) -> str:
+    """The text pysbd sees for a piece."""
+    if piece.phonemes:
+        return _PLACEHOLDER * len(piece.phonemes)
+    if piece.literal and not piece.text.isspace():
+        return _PLACEHOLDER * len(piece.text)
+    return piece.text
 
 
 def _cut(piece: Piece, start: int, end: int) -> Piece:

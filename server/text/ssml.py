@@ -97,7 +97,7 @@ def prosody_rate(value: str, current: float) -> float:
                 rate = current * float(value)
         except ValueError:
             raise _fail(
-                f"prosody rate must be a name, a percentage or a number, got {value[:40]!r}"
+                f"prosody rate must be a name, a percentage or a factor, got {value[:40]!r}"
             ) from None
     if not MIN_RATE <= rate <= MAX_RATE:
         raise _fail(f"prosody rate must come to between {MIN_RATE:g} and {MAX_RATE:g} times normal")
