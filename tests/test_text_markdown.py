@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.text.markdown import MarkdownRules, parse_markdown
 from server.text.plan import FrontEnd, plan_text
@@ -113,3 +115,10 @@ def test_inline_phonemes_work_in_markdown():
         ("", ("h", "ə", "l", "ˈ", "o", "ʊ")),
         ("now.", ()),
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab .!?*_`#[]()<>|-\n\\&;1:"), max_size=80))
+def test_any_markdown_is_planned_with_offsets_inside_the_document(document):
+    for segment in plan_text(document, TextFormat.MARKDOWN, "en-us", FRONT).segments:
+        assert all(0 <= run.start <= run.end <= len(document) for run in segment.runs)

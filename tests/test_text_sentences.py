@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from server.text.clean import normalize_text
 from server.text.phonemes import split_inline
 from server.text.plan import FrontEnd, plan_text, segment_language
 from server.text.sentences import Pauses, sentence_spans
@@ -92,3 +95,14 @@ def test_espeak_pieces_of_one_sentence_join_without_their_inner_periods():
 
 def test_espeak_pieces_keep_question_and_exclamation_marks():
     assert join_sentences([list("wˈʌt?"), list("jˈɛs!")]) == list("wˈʌt? jˈɛs!")
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.text(max_size=120))
+def test_plain_text_loses_no_characters_and_keeps_offsets_inside_the_text(raw):
+    text = normalize_text(raw)  # what the request parser hands the front-end
+    plan = plan_text(text, TextFormat.PLAIN, "en-us", FRONT)
+    words = [w for s in plan.segments for r in s.runs if not r.phonemes for w in r.text.split()]
+    assert all(0 <= r.start <= r.end <= len(text) for s in plan.segments for r in s.runs)
+    if "[[" not in text:
+        assert "".join(words) == "".join(text.split())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.errors import InvalidRequest
 from server.text.plan import FrontEnd, plan_text
@@ -235,3 +237,50 @@ def test_a_one_megabyte_attribute_is_parsed_and_ignored_without_harm():
     started = time.perf_counter()
     assert [s.text for s in plan_text(document, TextFormat.SSML, "en-us", FRONT).segments] == ["Short."]
     assert time.perf_counter() - started < 2
+
+
+# -- fuzz --------------------------------------------------------------------------------------
+
+_TAGS = st.sampled_from(["speak", "p", "s", "break", "prosody", "sub", "phoneme", "say-as", "voice", "x"])
+_ATTRS = st.sampled_from(
+    [
+        'time="1s"',
+        'time="x"',
+        'strength="weak"',
+        'rate="150%"',
+        'rate="0"',
+        'alias="a"',
+        'ph="hə"',
+        'interpret-as="date"',
+        'interpret-as="cardinal"',
+        'format="mdy"',
+        'name="v"',
+        "",
+    ]
+)
+
+
+@st.composite
+def ssml_like(draw: st.DrawFn) -> str:
+    parts = draw(
+        st.lists(
+            st.one_of(
+                st.builds(lambda t, a: f"<{t} {a}>", _TAGS, _ATTRS),
+                st.builds(lambda t: f"</{t}>", _TAGS),
+                st.builds(lambda t, a: f"<{t} {a}/>", _TAGS, _ATTRS),
+                st.text(max_size=12),
+            ),
+            max_size=12,
+        )
+    )
+    return "<speak>" + "".join(parts) + "</speak>"
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=st.one_of(ssml_like(), st.text(max_size=60)))
+def test_any_document_is_a_plan_or_a_400(document):
+    try:
+        plan_text(document, TextFormat.SSML, "en-us", FRONT)
+    except InvalidRequest as error:
+        assert error.status == 400
+        assert error.message.startswith("SSML: ")
