@@ -29,6 +29,7 @@ class SpeechRequest:
     length_scale: float
     speed: str | float  # as the client named it: a preset or a rate, echoed in responses
     text_format: TextFormat = TextFormat.PLAIN
+    volume: float = 1.0  # times the voice's loudness-matched level (peaks are limited)
     document: str = ""  # markdown or SSML as sent (Unicode-cleaned, lines kept); plain: `text`
 
     @property
@@ -79,6 +80,7 @@ def speech_request(
         length_scale=scale,
         speed=label,
         text_format=text_format,
+        volume=1.0 if fields.volume is None else fields.volume,
         document="" if text_format is TextFormat.PLAIN else clean_document(fields.text),
     )
 

@@ -42,6 +42,8 @@ SPEED_PRESETS: Final = {
 }
 MIN_SPEED: Final = 0.25
 MAX_SPEED: Final = 4.0
+MIN_VOLUME: Final = 0.1
+MAX_VOLUME: Final = 4.0
 HASH_PATTERN: Final = "^[0-9a-f]{64}$"
 # Codes the base handler gives to errors Tornado raises itself (unknown method, bad request).
 FRAMEWORK_CODES: Final = ("bad_request", "internal_error", "method_not_allowed", "not_found")
@@ -145,6 +147,16 @@ class SpeechFields(Model):
         TextFormat | None,
         BeforeValidator(lambda value: None if value == "" else value),
         Field(description="How text is read: plain, markdown or ssml; empty: the route's configured default"),
+    ] = None
+    volume: Annotated[
+        float | None,
+        BeforeValidator(lambda value: None if value == "" else value),
+        Field(
+            ge=MIN_VOLUME,
+            le=MAX_VOLUME,
+            description="Times the voice's loudness-matched level (every voice is brought to one loudness); "
+            "peaks are limited. Default 1",
+        ),
     ] = None
 
 

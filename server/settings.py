@@ -191,7 +191,10 @@ class SynthesisSettings(Section):
     sentence_silence_s: float = Field(0.0, ge=0, le=5)
     paragraph_silence_s: float = Field(0.3, ge=0, le=5)
     max_text_chars: int = Field(5000, ge=1, le=1_000_000)
-    gain: float = Field(1.0, ge=0.01, le=10)
+    # 0: each voice's gain is measured at load to bring it to loudness_lufs; a number: that gain
+    # for every voice (an explicit override).
+    gain: float = Field(0.0, ge=0, le=10)
+    loudness_lufs: float = Field(-20.0, ge=-40, le=-6)
     fade_ms: float = Field(4.0, ge=0, le=100)
 
     @model_validator(mode="before")

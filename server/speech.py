@@ -68,6 +68,7 @@ class _Part:
     fade_in: bool  # the utterance starts here
     fade_out: bool  # the utterance ends here
     silence_s: float  # silence after it: a sentence's, paragraph's or break's pause
+    gain: float  # the voice's loudness gain times the request's volume
     window: Window | None = None
     encode_s: float = 0.0  # the encoder's time for this utterance, counted with its first window
 
@@ -92,6 +93,7 @@ class _Resolved:
     key: str
     plan: TextPlan
     voices: dict[str, Voice]  # voices the document switches to, by the name it gives
+    volume: float = 1.0
 
     def segment_voice(self, segment: Segment) -> tuple[Voice, int | None]:
         if segment.voice is None:
@@ -282,7 +284,7 @@ class SpeechService:
     def _render_params(self) -> tuple[float, ...]:
         s = self._settings
         windows = (s.first_window_frames, s.window_frames) if s.windowed else (0, 0)
-        return (s.gain, s.sentence_silence_s, s.fade_ms, *windows, s.max_sentence_phonemes)
+        return (s.gain, s.loudness_lufs, s.fade_ms, *windows, s.max_sentence_phonemes)
 
     def loaded(self) -> None:
         """Voice loading ended (ready or not): requests waiting for it go on."""
@@ -330,11 +332,11 @@ class SpeechService:
                 length_scale,
                 voice.noise_scale,
                 voice.noise_w,
-                self._render_params(),
+                (*self._render_params(), request.volume),
                 front,
             )
         )
-        return _Resolved(voice, speaker_id, length_scale, key, plan, voices)
+        return _Resolved(voice, speaker_id, length_scale, key, plan, voices, request.volume)
 
     def _switched_voices(self, voice: Voice, plan: TextPlan) -> dict[str, Voice]:
         """The voices an SSML document switches to; each must share the request voice's rate."""
@@ -490,7 +492,9 @@ class SpeechService:
                 length_scale *= voice.length_scale / resolved.voice.length_scale
             for utterance in utterances:
                 silence_s = pause if utterance.ends_sentence else 0.0
-                await self._utterance(flight, voice, speaker_id, length_scale, utterance, silence_s, pacer)
+                await self._utterance(
+                    flight, voice, speaker_id, length_scale, utterance, silence_s, resolved.volume, pacer
+                )
                 spoken = True
             if lock_token is not None:
                 await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
@@ -505,13 +509,14 @@ class SpeechService:
         length_scale: float,
         utterance: Utterance,
         silence_s: float,
+        volume: float,
         pacer: _Pacer,
     ) -> None:
         """One utterance: the encoder once, then its windows in order (or one whole-utterance job)."""
         ids = tuple(voice.phoneme_ids(utterance.phonemes))
         scale_key = (voice.voice_id, length_scale)
         if voice.windows is None:
-            part = _Part(ids, speaker_id, True, True, silence_s)
+            part = _Part(ids, speaker_id, True, True, silence_s, voice.gain * volume)
             await self._job(
                 flight,
                 pacer,
@@ -554,6 +559,7 @@ class SpeechService:
                 fade_in=number == 0,
                 fade_out=number == len(bounds) - 1,
                 silence_s=silence_s if number == len(bounds) - 1 else 0.0,
+                gain=voice.gain * volume,
                 window=window,
                 encode_s=encode_s if number == 0 else 0.0,
             )
@@ -666,7 +672,7 @@ class SpeechService:
         total = sum(samples.size for samples in outputs) or 1
         rendered: list[tuple[bytes, float]] = []
         for part, samples in zip(parts, outputs, strict=True):
-            pcm = to_pcm16(samples, self._settings.gain, fade, fade_in=part.fade_in, fade_out=part.fade_out)
+            pcm = to_pcm16(samples, part.gain, fade, fade_in=part.fade_in, fade_out=part.fade_out)
             seconds = samples.size / voice.sample_rate
             share = elapsed * samples.size / total + part.encode_s
             m.inferences.labels(voice.voice_id).inc()

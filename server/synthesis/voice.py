@@ -92,6 +92,7 @@ class Voice:
     windows: WindowedEngine | None = field(default=None, repr=False)  # or its three parts
     lengths_output: str | None = None  # the stock graph's output with each row's frame count
     batch_limit: int = 1  # most chunks per inference call; the catalog sets it after a check
+    gain: float = 1.0  # brings the voice to the loudness target; the catalog measures it at load
     unknown_phonemes: int = 0
 
     @classmethod
