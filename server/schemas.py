@@ -164,6 +164,11 @@ class TTSFields(SpeechFields):
     """The fields of /tts: the stored file's format (its audio_url's extension)."""
 
     format: format_field(AudioFormat.WAV) = AudioFormat.WAV  # type: ignore[valid-type]
+    timestamps: Annotated[
+        Literal["none", "word"],
+        BeforeValidator(lambda value: "none" if value in ("", None) else value),
+        Field(description="word: the answer lists each word with its times in the audio"),
+    ] = "none"
 
 
 class StreamFields(SpeechFields):
@@ -203,6 +208,22 @@ class Synthesis(Model):
     duration_s: float = Field(ge=0)
     sample_rate: int = Field(ge=1)
     cache: Literal["l1", "l2", "disk", "s3", "miss"]
+    words: list[WordTiming] | SkipJsonSchema[None] = Field(
+        None,
+        description="With timestamps=word: every word in order (empty for a voice whose graph does "
+        "not split, which has no frames per phoneme)",
+        exclude_if=lambda value: value is None,
+    )
+
+
+class WordTiming(Model):
+    """One written word: its times in the audio and where it is in the text as submitted."""
+
+    word: str = Field(description="The word as written (markup is never a word)")
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+    char_start: int = Field(ge=0, description="Offset of its first character (Unicode code points)")
+    char_end: int = Field(ge=0, description="Offset after its last character (end exclusive)")
 
 
 class VoiceInfo(Model):

@@ -22,7 +22,7 @@ from server.cache.journal import Journal
 from server.cache.memory import MemoryCache
 from server.cache.redis import RedisCache
 from server.cache.s3 import ObjectStore, StoreMisconfigured
-from server.cache.tiers import TieredCache
+from server.cache.tiers import WORDS_SUFFIX, TieredCache
 from server.clients import Network, default_allowed_hosts, host_name, parse_networks
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
@@ -79,7 +79,7 @@ class Services:
             store,
             journal,
             store_refresh_s=settings.s3.refresh_interval_s,
-            content_types=rendition_content_types(),
+            content_types={**rendition_content_types(), WORDS_SUFFIX: "application/json"},
             on_replay=lambda tier: metrics.journal_replayed.labels(tier).inc(),
         )
         synthesis = settings.synthesis

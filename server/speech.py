@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from loguru import logger
 
 from server.audio.pcm import duration_s, parse_wav, silence, to_pcm16, wav_bytes
 from server.cache.keys import KeyParts, audio_key, entry_name, is_key
-from server.cache.tiers import MISS, WAV_SUFFIX, TieredCache
+from server.cache.tiers import MISS, WAV_SUFFIX, WORDS_SUFFIX, TieredCache
 from server.errors import (
     InvalidRequest,
     NotFound,
@@ -50,8 +51,11 @@ from server.text.plan import FrontEnd, plan_text
 from server.text.sentences import Pauses
 from server.text.spans import Segment, TextPlan
 from server.text.utterances import WORD_BREAK, Utterance, join_sentences, plan_utterances
+from server.text.words import assign
 
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
+# Punctuation espeak keeps as phonemes: its pause belongs to no word.
+PAUSE_PHONEMES: Final = frozenset(".,;:!?—…")
 LOCK_POLL_S: Final = 0.05
 STARTUP_WAIT_S: Final = 30.0
 
@@ -111,16 +115,64 @@ def front_end(synthesis: SynthesisSettings, text: TextSettings) -> FrontEnd:
     )
 
 
-def segment_phonemes(voice: Voice, segment: Segment) -> list[str]:
-    """Blocking (espeak): a segment's runs as one run of phonemes, word breaks between runs."""
+def segment_phonemes(voice: Voice, segment: Segment) -> tuple[list[str], list[int | None]]:
+    """Blocking (espeak): a segment's runs as one run of phonemes, word breaks between runs, and
+    for each phoneme the index of the written word (in the segment) it belongs to, if any."""
     phonemes: list[str] = []
+    owners: list[int | None] = []
+    base = 0
     for run in segment.runs:
-        part = list(run.phonemes) if run.phonemes else join_sentences(voice.phonemize(run.text))
+        if run.phonemes:
+            part = list(run.phonemes)
+            part_owners: list[int | None] = [base if run.words else None] * len(part)
+        else:
+            part = join_sentences(voice.phonemize(run.text))
+            part_owners = _owners(part, [word.spoken for word in run.words], base)
         if part:
             if phonemes:
                 phonemes.append(WORD_BREAK)
+                owners.append(None)
             phonemes.extend(part)
-    return phonemes
+            owners.extend(part_owners)
+        base += len(run.words)
+    return phonemes, owners
+
+
+def _owners(phonemes: list[str], spoken: list[int], base: int) -> list[int | None]:
+    """The written word of each phoneme of a run (espeak's words shared out by `assign`)."""
+    count = sum(
+        1 for i, p in enumerate(phonemes) if p != WORD_BREAK and (i == 0 or phonemes[i - 1] == WORD_BREAK)
+    )
+    mapping = assign(spoken, count)
+    owners: list[int | None] = []
+    index, inside = -1, False
+    for phoneme in phonemes:
+        if phoneme == WORD_BREAK:
+            owners.append(None)
+            inside = False
+            continue
+        if not inside:
+            index, inside = index + 1, True
+        owned = phoneme not in PAUSE_PHONEMES and index < len(mapping)
+        owners.append(base + mapping[index] if owned else None)
+    return owners
+
+
+def utterance_owners(
+    phonemes: list[str], owners: list[int | None], utterances: list[Utterance]
+) -> list[tuple[int | None, ...]]:
+    """Each utterance's slice of `owners`: utterances are `phonemes` in order, word breaks at the
+    cuts stripped."""
+    sliced: list[tuple[int | None, ...]] = []
+    cursor = 0
+    for utterance in utterances:
+        while (
+            cursor < len(phonemes) and phonemes[cursor] == WORD_BREAK and utterance.phonemes[0] != WORD_BREAK
+        ):
+            cursor += 1
+        sliced.append(tuple(owners[cursor : cursor + len(utterance.phonemes)]))
+        cursor += len(utterance.phonemes)
+    return sliced
 
 
 @dataclass(frozen=True)
@@ -150,6 +202,9 @@ class Flight:
         self.created = created
         self.chunks: list[bytes] = []
         self.sentences: list[SentenceFrames] = []  # filled as each utterance is encoded
+        # (segment, word) -> [first, end) samples of the word in the flight's PCM
+        self.word_samples: dict[tuple[int, int], list[int]] = {}
+        self.timed = True  # every utterance had frames per phoneme (a windowed voice)
         self.pcm_bytes = 0
         self.finished = False
         self.error: TTSError | None = None
@@ -406,6 +461,12 @@ class SpeechService:
             raise NotFound("no such audio (unknown or expired)")
         return Audio(key, hit.wav, hit.tier)
 
+    async def words(self, key: str) -> list[dict[str, Any]] | None:
+        """The stored word timings of an audio entry; None when it has none (a voice that is
+        not windowed has no frames per phoneme)."""
+        hit = await self.cache.get(key, WORDS_SUFFIX)
+        return None if hit is None else json.loads(hit.data)
+
     async def _charge(self, key: str, client: str, text_chars: int) -> None:
         """A new synthesis costs tokens by its length from the synthesis bucket; joining one is free."""
         if not client or not self._limiter.enabled or key in self._flights:
@@ -452,6 +513,10 @@ class SpeechService:
             finally:
                 admission.release()
             flight.finish(wav_bytes(flight.sample_rate, b"".join(flight.chunks)))
+            if flight.timed:
+                # Before the WAV: whoever finds the audio finds its word timings too.
+                words = word_timings(flight, resolved.plan)
+                await self.cache.put(flight.key, json.dumps(words).encode(), WORDS_SUFFIX)
             durable = await self.cache.put(flight.key, flight.wav)
             if not durable:
                 self._metrics.storage_errors.inc()
@@ -484,22 +549,41 @@ class SpeechService:
                     flight.append(silence(flight.sample_rate, pause))
                 continue
             voice, speaker_id = resolved.segment_voice(segment)
-            phonemes = await loop.run_in_executor(self._text_pool, segment_phonemes, voice, segment)
+            phonemes, owners = await loop.run_in_executor(self._text_pool, segment_phonemes, voice, segment)
             utterances = plan_utterances([phonemes], self._settings.max_sentence_phonemes)
+            sliced = utterance_owners(phonemes, owners, utterances)
             # The voice's own rate, the request's speed, then the document's (SSML prosody).
             length_scale = resolved.length_scale / segment.rate
             if voice is not resolved.voice:
                 length_scale *= voice.length_scale / resolved.voice.length_scale
-            for utterance in utterances:
+            for utterance, utterance_words in zip(utterances, sliced, strict=True):
                 silence_s = pause if utterance.ends_sentence else 0.0
                 await self._utterance(
                     flight, voice, speaker_id, length_scale, utterance, silence_s, resolved.volume, pacer
                 )
+                self._time_words(flight, voice, index, utterance, utterance_words)
                 spoken = True
             if lock_token is not None:
                 await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
         if not spoken:
             raise InvalidRequest("text has nothing to speak", param="text")
+
+    @staticmethod
+    def _time_words(
+        flight: Flight, voice: Voice, segment: int, utterance: Utterance, owners: tuple[int | None, ...]
+    ) -> None:
+        """Where each word of the utterance just encoded lies in the flight's PCM."""
+        if voice.windows is None or not flight.sentences:
+            flight.timed = False
+            return
+        frames = flight.sentences[-1]
+        spans = voice.phoneme_frames(utterance.phonemes, frames.frames)
+        for owner, span in zip(owners, spans, strict=True):
+            if owner is None or span is None:
+                continue
+            first, end = (frames.start_sample + frame * frames.hop for frame in span)
+            found = flight.word_samples.setdefault((segment, owner), [first, end])
+            found[0], found[1] = min(found[0], first), max(found[1], end)
 
     async def _utterance(
         self,
@@ -691,6 +775,32 @@ class SpeechService:
                 flight.task.cancel()
         await asyncio.gather(*(f.task for f in self._flights.values() if f.task), return_exceptions=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def word_timings(flight: Flight, plan: TextPlan) -> list[dict[str, Any]]:
+    """Every written word of the plan with its times in the audio and its offsets in the text.
+
+    A word espeak said with no phonemes of its own (merged into a neighbour) gets a zero-length
+    time where the previous word ended, so the list stays in order and complete."""
+    rate = flight.sample_rate
+    timings: list[dict[str, Any]] = []
+    last = 0
+    for segment_index, segment in enumerate(plan.segments):
+        words = [word for run in segment.runs for word in run.words]
+        for word_index, word in enumerate(words):
+            span = flight.word_samples.get((segment_index, word_index))
+            first, end = (max(span[0], last), span[1]) if span else (last, last)
+            last = max(last, end)
+            timings.append(
+                {
+                    "word": word.text,
+                    "start_s": round(first / rate, 4),
+                    "end_s": round(end / rate, 4),
+                    "char_start": word.start,
+                    "char_end": word.end,
+                }
+            )
+    return timings
 
 
 def _check_phonemes(voice: Voice, segment: Segment) -> None:

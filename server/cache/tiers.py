@@ -38,6 +38,7 @@ REFRESH_EVERY_S: Final = 60.0
 INVALIDATE_CHANNEL: Final = "invalidate"
 ALL: Final = "*"
 WAV_SUFFIX: Final = "wav"
+WORDS_SUFFIX: Final = "words.json"  # the word timings of the audio, stored beside it
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 
 

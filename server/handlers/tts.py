@@ -11,7 +11,7 @@ from server.handlers.base import BaseHandler
 from server.openapi import RATE_LIMIT_HEADERS, Reply, operation
 from server.ratelimit import REQUESTS
 from server.request import SpeechRequest, speech_request
-from server.schemas import SpeechFields, Synthesis, TTSFields, dump, validate
+from server.schemas import SpeechFields, Synthesis, TTSFields, WordTiming, dump, validate
 
 SPEECH_ERRORS: Final = (400, 401, 413, 429, 503)
 STORED: Final = {
@@ -98,5 +98,10 @@ class TTSHandler(SpeechHandler):
             duration_s=round(audio.duration_s or 0.0, 3),
             sample_rate=audio.sample_rate,
             cache=audio.tier,  # type: ignore[arg-type]
+            words=await self._words(audio.key) if fields.timestamps == "word" else None,
         )
         self.write_json(dump(synthesis))
+
+    async def _words(self, key: str) -> list[WordTiming]:
+        stored = await self.services.speech.words(key)
+        return [WordTiming(**word) for word in stored or []]

@@ -169,6 +169,28 @@ class Voice:
         ids.extend(id_map[EOS])
         return ids
 
+    def phoneme_frames(
+        self, phonemes: Sequence[str], durations: Sequence[int]
+    ) -> list[tuple[int, int] | None]:
+        """Each phoneme's [first, end) frames in its utterance, its pad included (None: not in the
+        voice, so not said), from the encoder's frames per id laid out as `phoneme_ids` lays them."""
+        id_map = self.phoneme_id_map
+        pad = len(id_map[PAD])
+        position = len(id_map[BOS]) + pad
+        frame = int(sum(durations[:position]))
+        spans: list[tuple[int, int] | None] = []
+        for phoneme in phonemes:
+            mapped = id_map.get(phoneme)
+            if mapped is None:
+                spans.append(None)
+                continue
+            width = len(mapped) + pad
+            length = int(sum(durations[position : position + width]))
+            spans.append((frame, frame + length))
+            frame += length
+            position += width
+        return spans
+
     def speaker_id(self, speaker: str | None) -> int | None:
         """Resolve a speaker name or number; None for single-speaker voices."""
         if self.num_speakers <= 1:

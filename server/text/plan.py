@@ -54,5 +54,5 @@ def plan_text(document: str, text_format: TextFormat, espeak_voice: str, front: 
     else:
         blocks = [tuple(with_inline_phonemes([Piece(document, 0, len(document))]))]
     normalize = normalizer(language) if front.normalize else None
-    segments = segment(blocks, language, front.pauses, normalize or str)
+    segments = segment(blocks, language, front.pauses, normalize or str, document)
     return TextPlan(tuple(segments), voices)

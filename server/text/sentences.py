@@ -18,7 +18,8 @@ import pysbd
 from pysbd.languages import LANGUAGE_CODES
 
 from server.text.clean import normalize_text
-from server.text.spans import Block, Piece, Run, Segment
+from server.text.spans import Block, Piece, Run, Segment, Word
+from server.text.words import written_words
 
 # Where pysbd has no rules for a language: a sentence ends at . ! ? followed by a space.
 _FALLBACK_END: Final = re.compile(r"(?<=[.!?…。！？])\s+")
@@ -124,34 +125,45 @@ def _cut(piece: Piece, start: int, end: int) -> Piece:
     return Piece(piece.text[start:end], *span, literal=piece.literal, rate=piece.rate, voice=piece.voice)
 
 
-def _runs(pieces: Sequence[Piece], normalize: Callable[[str], str]) -> tuple[Run, ...]:
+def _runs(pieces: Sequence[Piece], normalize: Callable[[str], str], source: str) -> tuple[Run, ...]:
     """A sentence's pieces as runs: adjacent text pieces joined, phoneme pieces as they are."""
     runs: list[Run] = []
-    words: list[str] = []
+    texts: list[str] = []
     span: list[int] = []
+    words: list[Word] = []
 
     def flush() -> None:
-        text = normalize_text("".join(words))
+        text = normalize_text("".join(texts))
         if text:
-            runs.append(Run(text, min(span), max(span)))
-        words.clear()
+            runs.append(Run(text, min(span), max(span), words=tuple(words)))
+        texts.clear()
         span.clear()
+        words.clear()
 
     for piece in pieces:
         if piece.phonemes:
             flush()
-            runs.append(Run("", piece.start, piece.end, piece.phonemes))
+            written = source[piece.start : piece.end] or "".join(piece.phonemes)
+            word = Word(written, piece.start, piece.end)
+            runs.append(Run("", piece.start, piece.end, piece.phonemes, (word,)))
             continue
-        words.append(piece.text if piece.literal else normalize(piece.text))
+        texts.append(piece.text if piece.literal else normalize(piece.text))
         span.extend((piece.start, piece.end))
+        words.extend(written_words(piece, source, normalize))
     flush()
     return tuple(runs)
 
 
 def segment(
-    blocks: Iterable[Block], language: str, pauses: Pauses, normalize: Callable[[str], str] = str
+    blocks: Iterable[Block],
+    language: str,
+    pauses: Pauses,
+    normalize: Callable[[str], str] = str,
+    source: str = "",
 ) -> list[Segment]:
-    """The segments of a document's blocks; `normalize` rewrites words for speaking (numbers...)."""
+    """The segments of a document's blocks; `normalize` rewrites words for speaking (numbers...).
+
+    `source` is the document the blocks' offsets point into (for the written words)."""
     segments: list[Segment] = []
     for block in blocks:
         block_segments: list[Segment] = []
@@ -159,7 +171,7 @@ def segment(
             if pieces:
                 first = pieces[0]
                 for sentence in _split(pieces, language):
-                    runs = _runs(sentence, normalize)
+                    runs = _runs(sentence, normalize, source)
                     if runs:
                         block_segments.append(Segment(runs, pauses.sentence_s, first.rate, first.voice))
             if pause is not None:

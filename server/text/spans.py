@@ -43,6 +43,16 @@ Block = tuple[Piece, ...]  # a paragraph, heading or list item: a longer pause f
 
 
 @dataclass(frozen=True)
+class Word:
+    """A word as written, where it is in the source, and how many words it is said as."""
+
+    text: str
+    start: int
+    end: int
+    spoken: int = 1  # "$3.50" is said as five words; word timings share time out by this
+
+
+@dataclass(frozen=True)
 class Run:
     """Words said together (text to phonemize) or given phonemes, with their source span."""
 
@@ -50,6 +60,7 @@ class Run:
     start: int
     end: int
     phonemes: tuple[str, ...] = ()
+    words: tuple[Word, ...] = ()  # the written words it says, in order (markup is never one)
 
 
 @dataclass(frozen=True)

@@ -124,8 +124,10 @@ class _Walker:
         else:  # the parser rewrote it (an entity): the span from here on
             self.current.append(Piece(text, self.cursor, len(self.document), rate=rate, voice=voice))
 
-    def literal(self, text: str, rate: float, voice: str | None) -> None:
-        self.current.append(Piece(text, self.cursor, self.cursor, literal=True, rate=rate, voice=voice))
+    def literal(self, text: str, rate: float, voice: str | None, start: int | None = None) -> None:
+        """Words the element stands for, spanning the element's text (from `start`)."""
+        first = self.cursor if start is None else start
+        self.current.append(Piece(text, first, self.cursor, literal=True, rate=rate, voice=voice))
 
     def end_block(self) -> None:
         pieces = with_inline_phonemes(self.current)
@@ -154,8 +156,7 @@ class _Walker:
             alias = element.get("alias")
             if alias is None:
                 raise _fail("sub needs an alias")
-            self.skip(element)
-            self.literal(alias, rate, voice)
+            self.literal(alias, rate, voice, self.skip(element))
             return
         if tag == "phoneme":
             self.phoneme(element, rate, voice)
@@ -165,8 +166,7 @@ class _Walker:
             kind = element.get("interpret-as", "")
             spoken = self.say_as(text, kind, element.get("format"))
             if spoken is not None:
-                self.skip(element)
-                self.literal(spoken, rate, voice)
+                self.literal(spoken, rate, voice, self.skip(element))
                 return
         if tag not in ("desc", "metadata", "lexicon"):  # what they hold is about the text, not of it
             self.locate(element.text or "", rate, voice)
@@ -185,17 +185,19 @@ class _Walker:
         ph = element.get("ph")
         if not ph:
             raise _fail("phoneme needs a ph attribute")
-        start = self.cursor
-        self.skip(element)
+        start = self.skip(element)
         self.current.append(Piece("", start, self.cursor, phonemes=parse_ipa(ph), rate=rate, voice=voice))
 
-    def skip(self, element: Element) -> None:
-        """Move the cursor past an element's own text, which is replaced (sub, phoneme, say-as)."""
+    def skip(self, element: Element) -> int:
+        """Move the cursor past an element's own text, which is replaced (sub, phoneme, say-as);
+        returns where that text starts."""
         text = "".join(element.itertext())
+        start = self.cursor
         if text:
             found = self.document.find(text, self.cursor)
             if found >= 0:
-                self.cursor = found + len(text)
+                start, self.cursor = found, found + len(text)
+        return start
 
 
 def parse_ssml(document: str, say_as: SayAs) -> tuple[list[Block], tuple[str, ...]]:

@@ -1,0 +1,96 @@
+"""Spec of word timestamps on real synthesized audio: times, offsets, breaks, storage."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import wave
+
+import numpy as np
+import pytest
+
+from tests.conftest import ServerProcess, query, unique_text
+
+SAMPLE_RATE = 22050  # en_US-joe-medium
+FRAME_S = 256 / SAMPLE_RATE  # the decoder's samples per frame
+BREAK_TOLERANCE_S = 0.030
+
+
+def timed(server: ServerProcess, **fields: object) -> tuple[dict, np.ndarray]:
+    resp = server.post("/tts", {**fields, "timestamps": "word"})
+    assert resp.status == 200, resp.body
+    meta = resp.json()
+    with wave.open(io.BytesIO(server.get(meta["audio_path"]).body)) as wav:
+        return meta, np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+
+
+def silences(x: np.ndarray, shortest_s: float) -> list[tuple[float, float]]:
+    silent = np.concatenate([[0], (x == 0).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(silent))
+    return [
+        (a / SAMPLE_RATE, b / SAMPLE_RATE)
+        for a, b in zip(edges[::2], edges[1::2], strict=True)
+        if b - a >= shortest_s * SAMPLE_RATE
+    ]
+
+
+@pytest.fixture(scope="module")
+def broken(server) -> tuple[str, dict, np.ndarray]:
+    tag = unique_text("Hello").removesuffix(".")
+    text = f'<speak>{tag} <break time="800ms"/> wonderful world.</speak>'
+    meta, pcm = timed(server, text=text, text_format="ssml")
+    return text, meta, pcm
+
+
+def test_every_written_word_is_listed_with_its_offsets_in_the_text(broken):
+    text, meta, _ = broken
+    words = meta["words"]
+    assert [text[w["char_start"] : w["char_end"]] for w in words] == [w["word"] for w in words]
+    assert [w["word"] for w in meta["words"]][-2:] == ["wonderful", "world."]
+    assert "<break" not in " ".join(w["word"] for w in meta["words"])
+
+
+def test_a_break_falls_between_the_words_around_it(broken):
+    _, meta, pcm = broken
+    ((start, end),) = silences(pcm, 0.5)
+    before = meta["words"][-3]  # the last word of the tag, before the break
+    after = meta["words"][-2]
+    assert before["end_s"] <= start + BREAK_TOLERANCE_S
+    assert end <= after["start_s"] + BREAK_TOLERANCE_S
+    assert after["start_s"] - before["end_s"] >= 0.8
+
+
+def test_timings_are_in_order_and_inside_the_audio(broken):
+    _, meta, pcm = broken
+    times = [(w["start_s"], w["end_s"]) for w in meta["words"]]
+    assert all(start <= end for start, end in times)
+    assert all(a[1] <= b[0] + 1e-9 for a, b in itertools.pairwise(times))
+    assert times[-1][1] <= len(pcm) / SAMPLE_RATE
+
+
+def test_speed_scales_the_times(server):
+    text = unique_text("Speed test words")
+    normal, _ = timed(server, text=text)
+    fast, _ = timed(server, text=text, speed=2.0)
+    assert fast["words"][-1]["end_s"] < 0.7 * normal["words"][-1]["end_s"]
+
+
+def test_a_cache_hit_returns_the_stored_timings(server):
+    text = unique_text("Stored timings")
+    first, _ = timed(server, text=text)
+    again, _ = timed(server, text=text)
+    assert (again["cache"], again["words"]) == ("l1", first["words"])
+
+
+def test_markdown_words_point_at_the_letters_not_the_markup(server):
+    text = f"Some **bold** {unique_text('words')}"
+    meta, _ = timed(server, text=text, text_format="markdown")
+    assert [(w["word"], text[w["char_start"] : w["char_end"]]) for w in meta["words"]][:2] == [
+        ("Some", "Some"),
+        ("bold", "bold"),
+    ]
+
+
+def test_without_timestamps_there_is_no_words_field(server):
+    meta = server.get("/tts?" + query(text=unique_text("No words"))).json()
+    assert "words" not in meta
