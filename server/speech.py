@@ -127,7 +127,15 @@ def segment_phonemes(voice: Voice, segment: Segment) -> tuple[list[str], list[in
             part_owners: list[int | None] = [base if run.words else None] * len(part)
         else:
             part = join_sentences(voice.phonemize(run.text))
-            part_owners = _owners(part, [word.spoken for word in run.words], base)
+            spoken = [word.spoken for word in run.words]
+            if sum(spoken) != _phoneme_words(part):
+                # espeak expanded something normalization left ("687,684,949", "1999"): count
+                # each word as espeak says it alone.
+                spoken = [
+                    max(1, _phoneme_words(join_sentences(voice.phonemize(w.said or w.text))))
+                    for w in run.words
+                ]
+            part_owners = _owners(part, spoken, base)
         if part:
             if phonemes:
                 phonemes.append(WORD_BREAK)
@@ -138,12 +146,16 @@ def segment_phonemes(voice: Voice, segment: Segment) -> tuple[list[str], list[in
     return phonemes, owners
 
 
-def _owners(phonemes: list[str], spoken: list[int], base: int) -> list[int | None]:
-    """The written word of each phoneme of a run (espeak's words shared out by `assign`)."""
-    count = sum(
+def _phoneme_words(phonemes: list[str]) -> int:
+    """How many words espeak made: runs of phonemes between word breaks."""
+    return sum(
         1 for i, p in enumerate(phonemes) if p != WORD_BREAK and (i == 0 or phonemes[i - 1] == WORD_BREAK)
     )
-    mapping = assign(spoken, count)
+
+
+def _owners(phonemes: list[str], spoken: list[int], base: int) -> list[int | None]:
+    """The written word of each phoneme of a run (espeak's words shared out by `assign`)."""
+    mapping = assign(spoken, _phoneme_words(phonemes))
     owners: list[int | None] = []
     index, inside = -1, False
     for phoneme in phonemes:
@@ -464,6 +476,8 @@ class SpeechService:
     async def words(self, key: str) -> list[dict[str, Any]] | None:
         """The stored word timings of an audio entry; None when it has none (a voice that is
         not windowed has no frames per phoneme)."""
+        if not is_key(key):
+            return None
         hit = await self.cache.get(key, WORDS_SUFFIX)
         return None if hit is None else json.loads(hit.data)
 

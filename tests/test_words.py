@@ -94,3 +94,30 @@ def test_markdown_words_point_at_the_letters_not_the_markup(server):
 def test_without_timestamps_there_is_no_words_field(server):
     meta = server.get("/tts?" + query(text=unique_text("No words"))).json()
     assert "words" not in meta
+
+
+# -- captions ----------------------------------------------------------------------------------
+
+
+def test_vtt_captions_come_from_the_stored_timings(server, broken):
+    _, meta, _ = broken
+    resp = server.get(f"/audio/{meta['hash']}.vtt")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/vtt; charset=utf-8"
+    body = resp.body.decode("utf-8")
+    assert body.startswith("WEBVTT\n\n00:00:00.")
+    assert body.rstrip().endswith("wonderful world.")
+
+
+def test_srt_captions_number_their_cues(server, broken):
+    _, meta, _ = broken
+    resp = server.get(f"/audio/{meta['hash']}.srt")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/x-subrip; charset=utf-8"
+    assert resp.body.decode("utf-8").startswith("1\n00:00:00,")
+
+
+def test_captions_of_unknown_audio_are_404(server):
+    resp = server.get("/audio/" + "0" * 64 + ".vtt")
+    assert resp.status == 404
+    assert resp.json()["error"]["code"] == "not_found"

@@ -50,6 +50,7 @@ class Word:
     start: int
     end: int
     spoken: int = 1  # "$3.50" is said as five words; word timings share time out by this
+    said: str = ""  # the words it is said as (after normalization)
 
 
 @dataclass(frozen=True)

@@ -24,18 +24,19 @@ def written_words(piece: Piece, source: str, normalize: Callable[[str], str]) ->
     if piece.literal:
         written = source[piece.start : piece.end].strip() or piece.text.strip()
         spoken = len(piece.text.split())
-        return [Word(written, piece.start, piece.end, spoken)] if spoken else []
+        return [Word(written, piece.start, piece.end, spoken, piece.text)] if spoken else []
     words: list[Word] = []
     cursor = piece.start
     for match in _TOKEN.finditer(piece.text):
         token = match.group()
-        spoken = max(1, len(normalize(token).split()))
+        said = normalize(token)
+        spoken = max(1, len(said.split()))
         found, written = _find(source, token, cursor, max(piece.end, cursor))
         if found >= 0:
-            words.append(Word(written, found, found + len(written), spoken))
+            words.append(Word(written, found, found + len(written), spoken, said))
             cursor = found + len(written)
         else:  # the parser rewrote it (an entity): the piece's span
-            words.append(Word(token, piece.start, piece.end, spoken))
+            words.append(Word(token, piece.start, piece.end, spoken, said))
     return words
 
 
