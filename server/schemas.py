@@ -149,11 +149,9 @@ class SpeechFields(Model):
         Field(description="How text is read: plain, markdown or ssml; empty: the route's configured default"),
     ] = None
     volume: Annotated[
-        float | None,
+        Annotated[float, Field(ge=MIN_VOLUME, le=MAX_VOLUME)] | None,
         BeforeValidator(lambda value: None if value == "" else value),
         Field(
-            ge=MIN_VOLUME,
-            le=MAX_VOLUME,
             description="Times the voice's loudness-matched level (every voice is brought to one loudness); "
             "peaks are limited. Default 1",
         ),
@@ -175,6 +173,14 @@ class StreamFields(SpeechFields):
     """The fields of /tts/stream: the streamed format, raw PCM unless asked otherwise."""
 
     format: format_field(AudioFormat.PCM) = AudioFormat.PCM  # type: ignore[valid-type]
+    events: Annotated[
+        Literal["none", "sse"],
+        BeforeValidator(lambda value: "none" if value in ("", None) else value),
+        Field(
+            description="sse: server-sent events, audio events (base64, the asked format) with words "
+            "events before the audio they describe, then done (also with Accept: text/event-stream)"
+        ),
+    ] = "none"
 
 
 class PurgeOne(Model):

@@ -217,6 +217,8 @@ class Flight:
         # (segment, word) -> [first, end) samples of the word in the flight's PCM
         self.word_samples: dict[tuple[int, int], list[int]] = {}
         self.timed = True  # every utterance had frames per phoneme (a windowed voice)
+        self.plan: TextPlan | None = None
+        self.words: list[dict[str, Any]] = []  # timings of the words encoded so far, in order
         self.pcm_bytes = 0
         self.finished = False
         self.error: TTSError | None = None
@@ -299,6 +301,18 @@ class Stream:
         self.tier = tier
         self._cached = cached
         self._flight = flight
+        self._cached_words: list[dict[str, Any]] = []
+
+    async def load_words(self) -> None:
+        """For a cached stream: its stored word timings (a live one has them as it goes)."""
+        if self._cached is not None:
+            self._cached_words = await self._service.words(self.key) or []
+
+    def words(self) -> list[dict[str, Any]]:
+        """The timings of every word whose audio has been or is about to be sent, in order."""
+        if self._flight is not None:
+            return self._flight.words
+        return self._cached_words
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._cached is not None:
@@ -496,6 +510,7 @@ class SpeechService:
             return flight
         admission = self.scheduler.admit()  # raises Overloaded before anything starts
         flight = Flight(key, resolved.voice.sample_rate, asyncio.get_running_loop().time())
+        flight.plan = resolved.plan
         self._flights[key] = flight
         flight.task = asyncio.ensure_future(self._produce(flight, resolved, admission))
         return flight
@@ -573,9 +588,16 @@ class SpeechService:
             for utterance, utterance_words in zip(utterances, sliced, strict=True):
                 silence_s = pause if utterance.ends_sentence else 0.0
                 await self._utterance(
-                    flight, voice, speaker_id, length_scale, utterance, silence_s, resolved.volume, pacer
+                    flight,
+                    voice,
+                    speaker_id,
+                    length_scale,
+                    utterance,
+                    silence_s,
+                    resolved.volume,
+                    pacer,
+                    (index, utterance_words),
                 )
-                self._time_words(flight, voice, index, utterance, utterance_words)
                 spoken = True
             if lock_token is not None:
                 await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
@@ -586,10 +608,8 @@ class SpeechService:
     def _time_words(
         flight: Flight, voice: Voice, segment: int, utterance: Utterance, owners: tuple[int | None, ...]
     ) -> None:
-        """Where each word of the utterance just encoded lies in the flight's PCM."""
-        if voice.windows is None or not flight.sentences:
-            flight.timed = False
-            return
+        """Where each word of the utterance just encoded lies in the flight's PCM (known before
+        its audio is made, so a stream can send the words before their audio)."""
         frames = flight.sentences[-1]
         spans = voice.phoneme_frames(utterance.phonemes, frames.frames)
         for owner, span in zip(owners, spans, strict=True):
@@ -598,6 +618,8 @@ class SpeechService:
             first, end = (frames.start_sample + frame * frames.hop for frame in span)
             found = flight.word_samples.setdefault((segment, owner), [first, end])
             found[0], found[1] = min(found[0], first), max(found[1], end)
+        if flight.plan is not None:
+            flight.words = word_timings(flight, flight.plan, partial=True)
 
     async def _utterance(
         self,
@@ -609,11 +631,13 @@ class SpeechService:
         silence_s: float,
         volume: float,
         pacer: _Pacer,
+        timing: tuple[int, tuple[int | None, ...]] = (0, ()),
     ) -> None:
         """One utterance: the encoder once, then its windows in order (or one whole-utterance job)."""
         ids = tuple(voice.phoneme_ids(utterance.phonemes))
         scale_key = (voice.voice_id, length_scale)
         if voice.windows is None:
+            flight.timed = False  # the stock graph gives no frames per phoneme
             part = _Part(ids, speaker_id, True, True, silence_s, voice.gain * volume)
             await self._job(
                 flight,
@@ -641,6 +665,7 @@ class SpeechService:
         flight.sentences.append(
             SentenceFrames(ids, tuple(int(f) for f in encoded.durations), voice.windows.hop, start_sample)
         )
+        self._time_words(flight, voice, timing[0], utterance, timing[1])
         s = self._settings
         if flight.unbounded:  # a file: nobody listens while it is made, so one window is fastest
             bounds = [(0, encoded.frames)]
@@ -791,17 +816,21 @@ class SpeechService:
         self._text_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def word_timings(flight: Flight, plan: TextPlan) -> list[dict[str, Any]]:
-    """Every written word of the plan with its times in the audio and its offsets in the text.
+def word_timings(flight: Flight, plan: TextPlan, *, partial: bool = False) -> list[dict[str, Any]]:
+    """Every written word of the plan with its times in the audio and its offsets in the text
+    (`partial`: only up to the last word timed so far).
 
     A word espeak said with no phonemes of its own (merged into a neighbour) gets a zero-length
     time where the previous word ended, so the list stays in order and complete."""
     rate = flight.sample_rate
     timings: list[dict[str, Any]] = []
     last = 0
+    upto = max(flight.word_samples, default=(-1, -1)) if partial else None
     for segment_index, segment in enumerate(plan.segments):
         words = [word for run in segment.runs for word in run.words]
         for word_index, word in enumerate(words):
+            if upto is not None and (segment_index, word_index) > upto:
+                return timings
             span = flight.word_samples.get((segment_index, word_index))
             first, end = (max(span[0], last), span[1]) if span else (last, last)
             last = max(last, end)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
+import json
 import wave
 
 import numpy as np
@@ -121,3 +123,50 @@ def test_captions_of_unknown_audio_are_404(server):
     resp = server.get("/audio/" + "0" * 64 + ".vtt")
     assert resp.status == 404
     assert resp.json()["error"]["code"] == "not_found"
+
+
+# -- server-sent events ------------------------------------------------------------------------
+
+
+def events(server: ServerProcess, path: str, **kwargs) -> tuple[str, list[tuple[str, dict]]]:
+    resp = server.get(path, **kwargs)
+    assert resp.status == 200, resp.body
+    parsed = []
+    for block in resp.body.decode("utf-8").strip().split("\n\n"):
+        name_line, data_line = block.split("\n")
+        parsed.append((name_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))))
+    return resp.headers["Content-Type"], parsed
+
+
+def test_sse_sends_words_never_after_their_audio_and_ends_with_done(server):
+    text = unique_text("Streaming words arrive early. Then more words follow")
+    content_type, stream = events(server, "/tts/stream?" + query(text=text, events="sse"))
+    assert content_type == "text/event-stream"
+    assert stream[-1][0] == "done"
+    sent_s = 0.0  # audio sent before each event, in seconds (PCM s16le)
+    words = []
+    for name, data in stream:
+        if name == "words":
+            assert all(word["start_s"] >= sent_s for word in data["words"])
+            words.extend(data["words"])
+        elif name == "audio":
+            sent_s += len(base64.b64decode(data["audio"])) / 2 / SAMPLE_RATE
+    assert [w["word"] for w in words] == text.split()
+    assert stream[-1][1] == {"hash": stream[-1][1]["hash"], "words": len(words)}
+
+
+def test_sse_of_cached_audio_sends_all_words_first(server):
+    text = unique_text("Cached events")
+    server.get("/tts?" + query(text=text))
+    _, stream = events(server, "/tts/stream?" + query(text=text), headers={"Accept": "text/event-stream"})
+    assert [name for name, _ in stream[:2]] == ["words", "audio"]
+    assert [w["word"] for w in stream[0][1]["words"]] == text.split()
+
+
+def test_sse_audio_joins_into_the_stored_audio(server):
+    text = unique_text("Joined audio")
+    _, stream = events(server, "/tts/stream?" + query(text=text, events="sse", format="wav"))
+    streamed = b"".join(base64.b64decode(data["audio"]) for name, data in stream if name == "audio")
+    meta = server.get("/tts?" + query(text=text)).json()
+    stored = server.get(meta["audio_path"]).body
+    assert streamed[44:] == stored[44:]
