@@ -543,7 +543,9 @@ class SpeechService:
                 admission.release()
             flight.finish(wav_bytes(flight.sample_rate, b"".join(flight.chunks)))
             if flight.timed:
-                # Before the WAV: whoever finds the audio finds its word timings too.
+                # Before the WAV reaches the shared tiers: whoever finds the audio finds its word
+                # timings too (this worker's L1 has the WAV at once, as before).
+                self.cache.memory.put(entry_name(flight.key, WAV_SUFFIX), flight.wav)
                 words = word_timings(flight, resolved.plan)
                 await self.cache.put(flight.key, json.dumps(words).encode(), WORDS_SUFFIX)
             durable = await self.cache.put(flight.key, flight.wav)

@@ -33,7 +33,19 @@ EVENT_STREAM: Final = "text/event-stream"
 STREAMED: Final = {
     200: Reply(
         "The audio, streamed; with events=sse, server-sent events (audio, words, done)",
-        {**audio_content(), EVENT_STREAM: {"type": "string"}},
+        {
+            **audio_content(),
+            EVENT_STREAM: {
+                "type": "object",
+                "description": "One event; its data is JSON: audio {audio: base64}, words {words: "
+                "[{word, start_s, end_s, char_start, char_end}]}, done {hash, words}",
+                "properties": {
+                    "event": {"type": "string", "enum": ["audio", "words", "done"]},
+                    "data": {"type": "string", "contentMediaType": "application/json"},
+                },
+                "required": ["event", "data"],
+            },
+        },
         STREAM_HEADERS,
     )
 }
