@@ -405,3 +405,18 @@ def test_public_api_keys_come_from_their_own_variable():
     settings = load_settings(CONFIG, environ={"TTS_API_KEYS": f"{'p' * 16},{'q' * 16}"})
     assert settings.api_keys == ("p" * 16, "q" * 16)
     assert settings.admin_api_keys == ()
+
+
+def test_each_front_door_reads_text_in_its_configured_format():
+    settings = load_settings(CONFIG, environ={"TTS__TEXT__OPENAI_FORMAT": "markdown"})
+    assert (settings.text.tts_format, settings.text.stream_format, settings.text.openai_format) == (
+        "plain",
+        "plain",
+        "markdown",
+    )
+
+
+def test_an_unknown_text_format_in_the_config_names_the_key():
+    with pytest.raises(SettingsError) as caught:
+        load_settings(CONFIG, environ={"TTS__TEXT__TTS_FORMAT": "html"})
+    assert caught.value.key == "text.tts_format"

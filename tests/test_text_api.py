@@ -143,3 +143,18 @@ def test_openai_speech_takes_text_format_as_an_extension(server):
     resp = server.post("/v1/audio/speech", body)
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "audio/wav"
+
+
+def test_the_same_markdown_from_tts_and_v1_is_one_cache_entry(server):
+    text = f"**{unique_text('Shared entry')}**"
+    made = server.post("/tts", {"text": text, "text_format": "markdown"}).json()
+    body = {
+        "model": "tts-1",
+        "voice": "alloy",
+        "input": text,
+        "response_format": "wav",
+        "text_format": "markdown",
+    }
+    resp = server.post("/v1/audio/speech", body)
+    assert resp.status == 200
+    assert (resp.headers["X-Audio-Hash"], resp.headers["X-Cache"]) == (made["hash"], "l1")

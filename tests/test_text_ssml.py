@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -209,8 +210,14 @@ def test_billion_laughs_is_rejected_without_expanding():
     )
     document = f"<?xml version='1.0'?><!DOCTYPE speak [{entities}]><speak>&lol9;</speak>"
     started = time.perf_counter()
-    assert rejected(document) == "SSML: DTDs and entity declarations are not allowed"
+    tracemalloc.start()
+    try:
+        assert rejected(document) == "SSML: DTDs and entity declarations are not allowed"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert time.perf_counter() - started < 0.5
+    assert peak < 1_000_000  # expanded, it would be 3 GB
 
 
 def test_an_external_entity_is_rejected():
