@@ -50,12 +50,10 @@ from server.text.normalize import NORMALIZATION_VERSION
 from server.text.plan import FrontEnd, plan_text
 from server.text.sentences import Pauses
 from server.text.spans import Segment, TextPlan
-from server.text.utterances import WORD_BREAK, Utterance, join_sentences, plan_utterances
-from server.text.words import assign
+from server.text.utterances import Utterance, plan_utterances
+from server.timings import segment_phonemes, utterance_owners, word_timings
 
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
-# Punctuation espeak keeps as phonemes: its pause belongs to no word.
-PAUSE_PHONEMES: Final = frozenset(".,;:!?—…")
 LOCK_POLL_S: Final = 0.05
 STARTUP_WAIT_S: Final = 30.0
 
@@ -113,78 +111,6 @@ def front_end(synthesis: SynthesisSettings, text: TextSettings) -> FrontEnd:
         MarkdownRules(text.code_block_text, text.table_text),
         text.normalize,
     )
-
-
-def segment_phonemes(voice: Voice, segment: Segment) -> tuple[list[str], list[int | None]]:
-    """Blocking (espeak): a segment's runs as one run of phonemes, word breaks between runs, and
-    for each phoneme the index of the written word (in the segment) it belongs to, if any."""
-    phonemes: list[str] = []
-    owners: list[int | None] = []
-    base = 0
-    for run in segment.runs:
-        if run.phonemes:
-            part = list(run.phonemes)
-            part_owners: list[int | None] = [base if run.words else None] * len(part)
-        else:
-            part = join_sentences(voice.phonemize(run.text))
-            spoken = [word.spoken for word in run.words]
-            if sum(spoken) != _phoneme_words(part):
-                # espeak expanded something normalization left ("687,684,949", "1999"): count
-                # each word as espeak says it alone.
-                spoken = [
-                    max(1, _phoneme_words(join_sentences(voice.phonemize(w.said or w.text))))
-                    for w in run.words
-                ]
-            part_owners = _owners(part, spoken, base)
-        if part:
-            if phonemes:
-                phonemes.append(WORD_BREAK)
-                owners.append(None)
-            phonemes.extend(part)
-            owners.extend(part_owners)
-        base += len(run.words)
-    return phonemes, owners
-
-
-def _phoneme_words(phonemes: list[str]) -> int:
-    """How many words espeak made: runs of phonemes between word breaks."""
-    return sum(
-        1 for i, p in enumerate(phonemes) if p != WORD_BREAK and (i == 0 or phonemes[i - 1] == WORD_BREAK)
-    )
-
-
-def _owners(phonemes: list[str], spoken: list[int], base: int) -> list[int | None]:
-    """The written word of each phoneme of a run (espeak's words shared out by `assign`)."""
-    mapping = assign(spoken, _phoneme_words(phonemes))
-    owners: list[int | None] = []
-    index, inside = -1, False
-    for phoneme in phonemes:
-        if phoneme == WORD_BREAK:
-            owners.append(None)
-            inside = False
-            continue
-        if not inside:
-            index, inside = index + 1, True
-        owned = phoneme not in PAUSE_PHONEMES and index < len(mapping)
-        owners.append(base + mapping[index] if owned else None)
-    return owners
-
-
-def utterance_owners(
-    phonemes: list[str], owners: list[int | None], utterances: list[Utterance]
-) -> list[tuple[int | None, ...]]:
-    """Each utterance's slice of `owners`: utterances are `phonemes` in order, word breaks at the
-    cuts stripped."""
-    sliced: list[tuple[int | None, ...]] = []
-    cursor = 0
-    for utterance in utterances:
-        while (
-            cursor < len(phonemes) and phonemes[cursor] == WORD_BREAK and utterance.phonemes[0] != WORD_BREAK
-        ):
-            cursor += 1
-        sliced.append(tuple(owners[cursor : cursor + len(utterance.phonemes)]))
-        cursor += len(utterance.phonemes)
-    return sliced
 
 
 @dataclass(frozen=True)
@@ -546,7 +472,7 @@ class SpeechService:
                 # Before the WAV reaches the shared tiers: whoever finds the audio finds its word
                 # timings too (this worker's L1 has the WAV at once, as before).
                 self.cache.memory.put(entry_name(flight.key, WAV_SUFFIX), flight.wav)
-                words = word_timings(flight, resolved.plan)
+                words = word_timings(flight.word_samples, flight.sample_rate, resolved.plan)
                 await self.cache.put(flight.key, json.dumps(words).encode(), WORDS_SUFFIX)
             durable = await self.cache.put(flight.key, flight.wav)
             if not durable:
@@ -621,7 +547,7 @@ class SpeechService:
             found = flight.word_samples.setdefault((segment, owner), [first, end])
             found[0], found[1] = min(found[0], first), max(found[1], end)
         if flight.plan is not None:
-            flight.words = word_timings(flight, flight.plan, partial=True)
+            flight.words = word_timings(flight.word_samples, flight.sample_rate, flight.plan, partial=True)
 
     async def _utterance(
         self,
@@ -816,36 +742,6 @@ class SpeechService:
                 flight.task.cancel()
         await asyncio.gather(*(f.task for f in self._flights.values() if f.task), return_exceptions=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def word_timings(flight: Flight, plan: TextPlan, *, partial: bool = False) -> list[dict[str, Any]]:
-    """Every written word of the plan with its times in the audio and its offsets in the text
-    (`partial`: only up to the last word timed so far).
-
-    A word espeak said with no phonemes of its own (merged into a neighbour) gets a zero-length
-    time where the previous word ended, so the list stays in order and complete."""
-    rate = flight.sample_rate
-    timings: list[dict[str, Any]] = []
-    last = 0
-    upto = max(flight.word_samples, default=(-1, -1)) if partial else None
-    for segment_index, segment in enumerate(plan.segments):
-        words = [word for run in segment.runs for word in run.words]
-        for word_index, word in enumerate(words):
-            if upto is not None and (segment_index, word_index) > upto:
-                return timings
-            span = flight.word_samples.get((segment_index, word_index))
-            first, end = (max(span[0], last), span[1]) if span else (last, last)
-            last = max(last, end)
-            timings.append(
-                {
-                    "word": word.text,
-                    "start_s": round(first / rate, 4),
-                    "end_s": round(end / rate, 4),
-                    "char_start": word.start,
-                    "char_end": word.end,
-                }
-            )
-    return timings
 
 
 def _check_phonemes(voice: Voice, segment: Segment) -> None:
