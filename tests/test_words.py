@@ -170,3 +170,25 @@ def test_sse_audio_joins_into_the_stored_audio(server):
     meta = server.get("/tts?" + query(text=text)).json()
     stored = server.get(meta["audio_path"]).body
     assert streamed[44:] == stored[44:]
+
+
+def test_openai_sse_adds_word_events_before_their_audio_when_asked(server):
+    text = unique_text("OpenAI words")
+    body = {
+        "model": "tts-1",
+        "voice": "alloy",
+        "input": text,
+        "response_format": "pcm",
+        "stream_format": "sse",
+        "timestamps": "word",
+    }
+    resp = server.post("/v1/audio/speech", body)
+    assert resp.status == 200
+    payloads = [
+        json.loads(block.removeprefix("data: ")) for block in resp.body.decode().strip().split("\n\n")
+    ]
+    kinds = [p["type"] for p in payloads]
+    assert kinds[0] == "speech.words"
+    assert kinds[-1] == "speech.audio.done"
+    words = [w for p in payloads if p["type"] == "speech.words" for w in p["words"]]
+    assert [w["word"] for w in words] == text.split()

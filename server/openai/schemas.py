@@ -42,6 +42,8 @@ class SpeechBody(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
     # Our extension: how `input` is read (plain, markdown, ssml); None: `text.openai_format`.
     text_format: Literal["plain", "markdown", "ssml"] | None = None
+    # Our extension: with stream_format sse, "word" adds speech.words events before their audio.
+    timestamps: Literal["none", "word"] = "none"
 
     @property
     def voice_id(self) -> str:
