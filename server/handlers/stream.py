@@ -41,7 +41,7 @@ STREAMED: Final = {
                 "[{word, start_s, end_s, char_start, char_end}]}, done {hash, words}",
                 "properties": {
                     "event": {"type": "string", "enum": ["audio", "words", "done"]},
-                    "data": {"type": "string", "contentMediaType": "application/json"},
+                    "data": {"type": "string", "description": "JSON"},
                 },
                 "required": ["event", "data"],
             },
