@@ -15,6 +15,7 @@ from server.handlers.admin import (
 )
 from server.handlers.audio import AudioHandler
 from server.handlers.base import NotFoundHandler
+from server.handlers.captions import SrtHandler, VttHandler
 from server.handlers.docs import DocsAssetHandler, DocsHandler, OpenAPI30Handler, OpenAPIHandler
 from server.handlers.health import HealthHandler, MetricsHandler, ReadyHandler
 from server.handlers.jobs import ROUTES as JOB_ROUTES
@@ -32,6 +33,8 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         (r"/", PlayerHandler),
         (r"/tts", TTSHandler),
         (r"/tts/stream", StreamHandler),
+        (r"/audio/([^/]*)\.vtt", VttHandler),
+        (r"/audio/([^/]*)\.srt", SrtHandler),
         (r"/audio/([^/]*)\.([^/.]*)", AudioHandler),
         (r"/voices", VoicesHandler),
         *JOB_ROUTES,

@@ -235,6 +235,13 @@ class EncodedStream:
         else:
             encoder.close()
 
+    async def load_words(self) -> None:
+        await self._stream.load_words()
+
+    def words(self) -> list[dict[str, Any]]:
+        """Word timings known so far: never later than the audio they describe."""
+        return self._stream.words()
+
     def close(self) -> None:
         """The client is done (or gone): stop a synthesis nobody else is waiting for."""
         self._stream.close()

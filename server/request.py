@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from server.errors import InvalidRequest, TextTooLong
 from server.schemas import MAX_SPEED, MIN_SPEED, SPEED_PRESETS, SpeechFields, TTSFields, speed_label, validate
-from server.synthesis.text import normalize_text
+from server.text.clean import clean_document, normalize_text
+from server.text.spans import TextFormat
 
 __all__ = ["MAX_SPEED", "MIN_SPEED", "SPEED_PRESETS", "SpeechRequest", "parse_speech_request", "parse_speed"]
 
@@ -27,6 +28,14 @@ class SpeechRequest:
     speaker: str | None
     length_scale: float
     speed: str | float  # as the client named it: a preset or a rate, echoed in responses
+    text_format: TextFormat = TextFormat.PLAIN
+    volume: float = 1.0  # times the voice's loudness-matched level (peaks are limited)
+    document: str = ""  # markdown or SSML as sent (Unicode-cleaned, lines kept); plain: `text`
+
+    @property
+    def source(self) -> str:
+        """The text the front-end reads, and the key names: plain text normalized, markup as sent."""
+        return self.text if self.text_format is TextFormat.PLAIN else self.document
 
 
 def length_scale(label: str | float | None) -> tuple[str | float, float]:
@@ -46,7 +55,13 @@ def parse_speed(raw: object) -> tuple[str | float, float]:
         raise InvalidRequest(str(exc), param="speed") from None
 
 
-def speech_request(fields: SpeechFields, *, default_voice: str, max_chars: int) -> SpeechRequest:
+def speech_request(
+    fields: SpeechFields,
+    *,
+    default_voice: str,
+    max_chars: int,
+    default_format: TextFormat | str = TextFormat.PLAIN,
+) -> SpeechRequest:
     """Validated fields as a `SpeechRequest`: text normalized and within the limit, voice resolved."""
     if len(fields.text) > max_chars * 4:
         # Cheap early bound before normalizing huge input; the exact limit is checked below.
@@ -57,12 +72,16 @@ def speech_request(fields: SpeechFields, *, default_voice: str, max_chars: int) 
     if len(text) > max_chars:
         raise TextTooLong(f"text is {len(text)} characters; the limit is {max_chars}", param="text")
     label, scale = length_scale(fields.speed)
+    text_format = TextFormat(fields.text_format or default_format)
     return SpeechRequest(
         text=text,
         voice=fields.voice or default_voice,
         speaker=fields.speaker,
         length_scale=scale,
         speed=label,
+        text_format=text_format,
+        volume=1.0 if fields.volume is None else fields.volume,
+        document="" if text_format is TextFormat.PLAIN else clean_document(fields.text),
     )
 
 
@@ -72,6 +91,12 @@ def parse_speech_request(
     default_voice: str,
     max_chars: int,
     model: type[SpeechFields] = TTSFields,
+    default_format: TextFormat | str = TextFormat.PLAIN,
 ) -> SpeechRequest:
     """Validate raw fields (query arguments or a JSON object) into a `SpeechRequest`."""
-    return speech_request(validate(model, fields), default_voice=default_voice, max_chars=max_chars)
+    return speech_request(
+        validate(model, fields),
+        default_voice=default_voice,
+        max_chars=max_chars,
+        default_format=default_format,
+    )

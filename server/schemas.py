@@ -30,6 +30,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from server.errors import InvalidRequest, TTSError
+from server.text.spans import TextFormat
 
 # The original API's named speeds, as length_scale (larger is slower).
 SPEED_PRESETS: Final = {
@@ -41,6 +42,8 @@ SPEED_PRESETS: Final = {
 }
 MIN_SPEED: Final = 0.25
 MAX_SPEED: Final = 4.0
+MIN_VOLUME: Final = 0.1
+MAX_VOLUME: Final = 4.0
 HASH_PATTERN: Final = "^[0-9a-f]{64}$"
 # Codes the base handler gives to errors Tornado raises itself (unknown method, bad request).
 FRAMEWORK_CODES: Final = ("bad_request", "internal_error", "method_not_allowed", "not_found")
@@ -140,18 +143,44 @@ class SpeechFields(Model):
     speed: Speed = None
     voice: Voice = None
     speaker: Speaker = None
+    text_format: Annotated[
+        TextFormat | None,
+        BeforeValidator(lambda value: None if value == "" else value),
+        Field(description="How text is read: plain, markdown or ssml; empty: the route's configured default"),
+    ] = None
+    volume: Annotated[
+        Annotated[float, Field(ge=MIN_VOLUME, le=MAX_VOLUME)] | None,
+        BeforeValidator(lambda value: None if value == "" else value),
+        Field(
+            description="Times the voice's loudness-matched level (every voice is brought to one loudness); "
+            "peaks are limited. Default 1",
+        ),
+    ] = None
 
 
 class TTSFields(SpeechFields):
     """The fields of /tts: the stored file's format (its audio_url's extension)."""
 
     format: format_field(AudioFormat.WAV) = AudioFormat.WAV  # type: ignore[valid-type]
+    timestamps: Annotated[
+        Literal["none", "word"],
+        BeforeValidator(lambda value: "none" if value in ("", None) else value),
+        Field(description="word: the answer lists each word with its times in the audio"),
+    ] = "none"
 
 
 class StreamFields(SpeechFields):
     """The fields of /tts/stream: the streamed format, raw PCM unless asked otherwise."""
 
     format: format_field(AudioFormat.PCM) = AudioFormat.PCM  # type: ignore[valid-type]
+    events: Annotated[
+        Literal["none", "sse"],
+        BeforeValidator(lambda value: "none" if value in ("", None) else value),
+        Field(
+            description="sse: server-sent events, audio events (base64, the asked format) with words "
+            "events before the audio they describe, then done (also with Accept: text/event-stream)"
+        ),
+    ] = "none"
 
 
 class PurgeOne(Model):
@@ -185,6 +214,22 @@ class Synthesis(Model):
     duration_s: float = Field(ge=0)
     sample_rate: int = Field(ge=1)
     cache: Literal["l1", "l2", "disk", "s3", "miss"]
+    words: list[WordTiming] | SkipJsonSchema[None] = Field(
+        None,
+        description="With timestamps=word: every word in order (empty for a voice whose graph does "
+        "not split, which has no frames per phoneme)",
+        exclude_if=lambda value: value is None,
+    )
+
+
+class WordTiming(Model):
+    """One written word: its times in the audio and where it is in the text as submitted."""
+
+    word: str = Field(description="The word as written (markup is never a word)")
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+    char_start: int = Field(ge=0, description="Offset of its first character (Unicode code points)")
+    char_end: int = Field(ge=0, description="Offset after its last character (end exclusive)")
 
 
 class VoiceInfo(Model):

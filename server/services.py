@@ -22,7 +22,7 @@ from server.cache.journal import Journal
 from server.cache.memory import MemoryCache
 from server.cache.redis import RedisCache
 from server.cache.s3 import ObjectStore, StoreMisconfigured
-from server.cache.tiers import TieredCache
+from server.cache.tiers import WORDS_SUFFIX, TieredCache
 from server.clients import Network, default_allowed_hosts, host_name, parse_networks
 from server.jobs.service import JobService
 from server.metrics import Metrics
@@ -81,7 +81,7 @@ class Services:
             store,
             journal,
             store_refresh_s=settings.s3.refresh_interval_s,
-            content_types=rendition_content_types(),
+            content_types={**rendition_content_types(), WORDS_SUFFIX: "application/json"},
             on_replay=lambda tier: metrics.journal_replayed.labels(tier).inc(),
         )
         synthesis = settings.synthesis
@@ -93,7 +93,14 @@ class Services:
         )
         limiter = RateLimiter(settings.limits, redis)
         speech = SpeechService(
-            synthesis, catalog, cache, scheduler, metrics, limiter, lock_ttl_s=settings.redis.lock_ttl_s
+            synthesis,
+            catalog,
+            cache,
+            scheduler,
+            metrics,
+            limiter,
+            lock_ttl_s=settings.redis.lock_ttl_s,
+            text=settings.text,
         )
         renditions = Renditions(speech, cache, metrics, settings.audio)
         return cls(

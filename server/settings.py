@@ -188,9 +188,15 @@ class SynthesisSettings(Section):
     flow_margin_frames: int = Field(0, ge=0, le=512)
     decoder_margin_frames: int = Field(0, ge=0, le=512)
     max_sentence_phonemes: int = Field(400, ge=16, le=10000)
-    sentence_silence_s: float = Field(0.2, ge=0, le=5)
+    # Piper adds no silence between sentences (the voice's own tail gives 0.15-0.25 s); paragraphs
+    # (markdown blocks, SSML p) get a longer one. SSML breaks set their own.
+    sentence_silence_s: float = Field(0.0, ge=0, le=5)
+    paragraph_silence_s: float = Field(0.3, ge=0, le=5)
     max_text_chars: int = Field(5000, ge=1, le=1_000_000)
-    gain: float = Field(1.0, ge=0.01, le=10)
+    # 0: each voice's gain is measured at load to bring it to loudness_lufs; a number: that gain
+    # for every voice (an explicit override).
+    gain: float = Field(0.0, ge=0, le=10)
+    loudness_lufs: float = Field(-20.0, ge=-40, le=-6)
     fade_ms: float = Field(4.0, ge=0, le=100)
 
     @model_validator(mode="before")
@@ -203,6 +209,22 @@ class SynthesisSettings(Section):
                         "replaced_key", "no longer supported; use {new} instead", {"key": old, "new": new}
                     )
         return values
+
+
+TextFormatName = Literal["plain", "markdown", "ssml"]
+
+
+class TextSettings(Section):
+    """The text front-end: how each front door reads `text` when a request names no `text_format`."""
+
+    tts_format: TextFormatName = "plain"  # /tts
+    stream_format: TextFormatName = "plain"  # /tts/stream
+    openai_format: TextFormatName = "plain"  # /v1/audio/speech (LLM front-ends may want markdown)
+    code_block_text: str = Field(
+        "Code block omitted.", max_length=200
+    )  # said for markdown code; empty: skipped
+    table_text: str = Field("Table omitted.", max_length=200)  # said for a markdown table; empty: skipped
+    normalize: bool = True  # numbers, currency, units... as words, for the languages that have rules
 
 
 class AudioSettings(Section):
@@ -357,6 +379,7 @@ class Settings(BaseSettings):
 
     server: ServerSettings = ServerSettings()
     synthesis: SynthesisSettings = SynthesisSettings()
+    text: TextSettings = TextSettings()
     audio: AudioSettings = AudioSettings()
     openai: OpenAISettings = OpenAISettings()
     wyoming: WyomingSettings = WyomingSettings()

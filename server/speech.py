@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from loguru import logger
 
 from server.audio.pcm import duration_s, parse_wav, silence, to_pcm16, wav_bytes
 from server.cache.keys import KeyParts, audio_key, entry_name, is_key
-from server.cache.tiers import MISS, WAV_SUFFIX, TieredCache
+from server.cache.tiers import MISS, WAV_SUFFIX, WORDS_SUFFIX, TieredCache
 from server.errors import (
     InvalidRequest,
     NotFound,
@@ -40,12 +41,18 @@ from server.memory import trim_heap
 from server.metrics import Metrics
 from server.ratelimit import SYNTHESIS, RateLimiter
 from server.request import SpeechRequest
-from server.settings import SynthesisSettings
+from server.settings import SynthesisSettings, TextSettings
 from server.synthesis.catalog import VoiceCatalog
 from server.synthesis.scheduler import Admission, Scheduler
-from server.synthesis.text import Utterance, plan_utterances
 from server.synthesis.voice import Voice
 from server.synthesis.windows import Encoded, Window, window_bounds
+from server.text.markdown import MarkdownRules
+from server.text.normalize import NORMALIZATION_VERSION
+from server.text.plan import FrontEnd, plan_text
+from server.text.sentences import Pauses
+from server.text.spans import Segment, TextPlan
+from server.text.utterances import Utterance, plan_utterances
+from server.timings import segment_phonemes, utterance_owners, word_timings
 
 CACHED_SLICE_BYTES: Final = 64 * 1024  # a cached stream is written in slices so flushes pace it
 LOCK_POLL_S: Final = 0.05
@@ -66,7 +73,8 @@ class _Part:
     speaker_id: int | None
     fade_in: bool  # the utterance starts here
     fade_out: bool  # the utterance ends here
-    silence_after: bool  # a sentence ends here and another follows
+    silence_s: float  # silence after it: a sentence's, paragraph's or break's pause
+    gain: float  # the voice's loudness gain times the request's volume
     window: Window | None = None
     encode_s: float = 0.0  # the encoder's time for this utterance, counted with its first window
 
@@ -79,6 +87,34 @@ class SentenceFrames:
     frames: tuple[int, ...]  # the duration Ceil: frames for each id
     hop: int  # samples per frame
     start_sample: int  # the utterance's first sample in the flight's PCM
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A request as the service works on it: its voices, its plan and its key."""
+
+    voice: Voice
+    speaker_id: int | None
+    length_scale: float
+    key: str
+    plan: TextPlan
+    voices: dict[str, Voice]  # voices the document switches to, by the name it gives
+    volume: float = 1.0
+
+    def segment_voice(self, segment: Segment) -> tuple[Voice, int | None]:
+        if segment.voice is None:
+            return self.voice, self.speaker_id
+        voice = self.voices[segment.voice]
+        return voice, voice.speaker_id(None)
+
+
+def front_end(synthesis: SynthesisSettings, text: TextSettings) -> FrontEnd:
+    """The front-end's settings, from the configuration."""
+    return FrontEnd(
+        Pauses(synthesis.sentence_silence_s, synthesis.paragraph_silence_s),
+        MarkdownRules(text.code_block_text, text.table_text),
+        text.normalize,
+    )
 
 
 @dataclass(frozen=True)
@@ -108,6 +144,11 @@ class Flight:
         self.created = created
         self.chunks: list[bytes] = []
         self.sentences: list[SentenceFrames] = []  # filled as each utterance is encoded
+        # (segment, word) -> [first, end) samples of the word in the flight's PCM
+        self.word_samples: dict[tuple[int, int], list[int]] = {}
+        self.timed = True  # every utterance had frames per phoneme (a windowed voice)
+        self.plan: TextPlan | None = None
+        self.words: list[dict[str, Any]] = []  # timings of the words encoded so far, in order
         self.pcm_bytes = 0
         self.finished = False
         self.error: TTSError | None = None
@@ -191,6 +232,18 @@ class Stream:
         self.tier = tier
         self._cached = cached
         self._flight = flight
+        self._cached_words: list[dict[str, Any]] = []
+
+    async def load_words(self) -> None:
+        """For a cached stream: its stored word timings (a live one has them as it goes)."""
+        if self._cached is not None:
+            self._cached_words = await self._service.words(self.key) or []
+
+    def words(self) -> list[dict[str, Any]]:
+        """The timings of every word whose audio has been or is about to be sent, in order."""
+        if self._flight is not None:
+            return self._flight.words
+        return self._cached_words
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._cached is not None:
@@ -220,8 +273,10 @@ class SpeechService:
         limiter: RateLimiter,
         *,
         lock_ttl_s: float = 30.0,
+        text: TextSettings | None = None,
     ) -> None:
         self._settings = settings
+        self._front = front_end(settings, text or TextSettings())
         self._limiter = limiter
         self._lock_ttl_s = lock_ttl_s
         self.catalog = catalog
@@ -241,7 +296,7 @@ class SpeechService:
     def _render_params(self) -> tuple[float, ...]:
         s = self._settings
         windows = (s.first_window_frames, s.window_frames) if s.windowed else (0, 0)
-        return (s.gain, s.sentence_silence_s, s.fade_ms, *windows, s.max_sentence_phonemes)
+        return (s.gain, s.loudness_lufs, s.fade_ms, *windows, s.max_sentence_phonemes)
 
     def loaded(self) -> None:
         """Voice loading ended (ready or not): requests waiting for it go on."""
@@ -257,7 +312,7 @@ class SpeechService:
         if not self.catalog.ready:
             raise NotReady(self.catalog.problem or "voices are still loading", retry_after_s=2)
 
-    async def _resolve(self, request: SpeechRequest) -> tuple[Voice, int | None, float, str]:
+    async def _resolve(self, request: SpeechRequest) -> _Resolved:
         await self._until_ready()
         voice = self.catalog.get(request.voice)
         try:
@@ -265,19 +320,49 @@ class SpeechService:
         except KeyError:
             raise InvalidRequest(f"unknown speaker {request.speaker!r} for voice {voice.voice_id}") from None
         length_scale = request.length_scale * voice.length_scale  # the voice's own rate, then the speed
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(
+            self._text_pool, plan_text, request.source, request.text_format, voice.espeak_voice, self._front
+        )
+        if not plan.spoken.strip():
+            raise InvalidRequest("text has nothing to speak", param="text")
+        voices = self._switched_voices(voice, plan)
+        for segment in plan.segments:
+            _check_phonemes(voices.get(segment.voice or "", voice), segment)
+        front = (
+            request.text_format.value,
+            NORMALIZATION_VERSION,
+            *self._front.key(),
+            *(f"{other.voice_id}:{other.digest}" for other in voices.values()),
+        )
         key = audio_key(
             KeyParts(
                 voice.voice_id,
                 voice.digest,
                 speaker_id,
-                request.text,
+                request.source,
                 length_scale,
                 voice.noise_scale,
                 voice.noise_w,
-                self._render_params(),
+                (*self._render_params(), request.volume),
+                front,
             )
         )
-        return voice, speaker_id, length_scale, key
+        return _Resolved(voice, speaker_id, length_scale, key, plan, voices, request.volume)
+
+    def _switched_voices(self, voice: Voice, plan: TextPlan) -> dict[str, Voice]:
+        """The voices an SSML document switches to; each must share the request voice's rate."""
+        voices: dict[str, Voice] = {}
+        for name in plan.voices:
+            other = self.catalog.get(name)
+            if other.sample_rate != voice.sample_rate:
+                raise InvalidRequest(
+                    f"voice {other.voice_id} ({other.sample_rate} Hz) cannot be mixed with "
+                    f"{voice.voice_id} ({voice.sample_rate} Hz): their sample rates differ",
+                    param="text",
+                )
+            voices[name] = other
+        return voices
 
     async def _lookup(self, key: str):
         hit = await self.cache.get(key)
@@ -295,13 +380,14 @@ class SpeechService:
         `background` (a job's sentence) runs after every interactive request's work and only on
         spare capacity (see the scheduler), in windows.
         """
-        voice, speaker_id, length_scale, key = await self._resolve(request)
+        resolved = await self._resolve(request)
+        key = resolved.key
         hit = await self._lookup(key)
         if hit is not None:
             self.cache.keep_alive(key, hit.wav)
             return Audio(key, hit.wav, hit.tier)
         await self._charge(key, client, len(request.text))
-        flight = self._join(key, request, voice, speaker_id, length_scale, background=background)
+        flight = self._join(resolved, background=background)
         flight.unbounded = True
         flight.took(len(flight.chunks))
         flight.subscribers += 1
@@ -319,14 +405,15 @@ class SpeechService:
 
     async def stream(self, request: SpeechRequest, client: str = "") -> Stream:
         """A stream of PCM for `/tts/stream`: cached bytes at once, or a live flight."""
-        voice, speaker_id, length_scale, key = await self._resolve(request)
+        resolved = await self._resolve(request)
+        key, rate = resolved.key, resolved.voice.sample_rate
         hit = await self._lookup(key)
         if hit is not None:
-            return Stream(self, key, voice.sample_rate, hit.tier, cached=hit.wav)
+            return Stream(self, key, rate, hit.tier, cached=hit.wav)
         await self._charge(key, client, len(request.text))
-        flight = self._join(key, request, voice, speaker_id, length_scale)
+        flight = self._join(resolved)
         flight.subscribers += 1
-        return Stream(self, key, voice.sample_rate, MISS, flight=flight)
+        return Stream(self, key, rate, MISS, flight=flight)
 
     async def audio(self, key: str) -> Audio:
         """A stored WAV by key (for `/audio/{key}.wav`)."""
@@ -337,6 +424,14 @@ class SpeechService:
             raise NotFound("no such audio (unknown or expired)")
         return Audio(key, hit.wav, hit.tier)
 
+    async def words(self, key: str) -> list[dict[str, Any]] | None:
+        """The stored word timings of an audio entry; None when it has none (a voice that is
+        not windowed has no frames per phoneme)."""
+        if not is_key(key):
+            return None
+        hit = await self.cache.get(key, WORDS_SUFFIX)
+        return None if hit is None else json.loads(hit.data)
+
     async def _charge(self, key: str, client: str, text_chars: int) -> None:
         """A new synthesis costs tokens by its length from the synthesis bucket; joining one is free."""
         if not client or not self._limiter.enabled or key in self._flights:
@@ -345,27 +440,18 @@ class SpeechService:
         if not decision.allowed:
             raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
 
-    def _join(
-        self,
-        key: str,
-        request: SpeechRequest,
-        voice: Voice,
-        speaker_id: int | None,
-        length_scale: float,
-        *,
-        background: bool = False,
-    ) -> Flight:
+    def _join(self, resolved: _Resolved, *, background: bool = False) -> Flight:
+        key = resolved.key
         flight = self._flights.get(key)
         if flight is not None and flight.error is None and not flight.abandoned:
             flight.background = flight.background and background  # a listener joined: its priority
             return flight
         admission = self.scheduler.admit()  # raises Overloaded before anything starts
-        flight = Flight(key, voice.sample_rate, asyncio.get_running_loop().time())
+        flight = Flight(key, resolved.voice.sample_rate, asyncio.get_running_loop().time())
         flight.background = background
+        flight.plan = resolved.plan
         self._flights[key] = flight
-        flight.task = asyncio.ensure_future(
-            self._produce(flight, request, voice, speaker_id, length_scale, admission)
-        )
+        flight.task = asyncio.ensure_future(self._produce(flight, resolved, admission))
         return flight
 
     def unsubscribe(self, flight: Flight) -> None:
@@ -379,16 +465,7 @@ class SpeechService:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]  # a new request for the key starts afresh
 
-    async def _produce(
-        self,
-        flight: Flight,
-        request: SpeechRequest,
-        voice: Voice,
-        speaker_id: int | None,
-        length_scale: float,
-        admission: Admission,
-    ) -> None:
-        loop = asyncio.get_running_loop()
+    async def _produce(self, flight: Flight, resolved: _Resolved, admission: Admission) -> None:
         lock_token: str | None = None
         try:
             try:
@@ -400,20 +477,16 @@ class SpeechService:
                     self.cache.memory.put(entry_name(flight.key, WAV_SUFFIX), elsewhere)
                     flight.stored.set_result(True)
                     return
-                sentences = await loop.run_in_executor(self._text_pool, voice.phonemize, request.text)
-                plan = plan_utterances(sentences, self._settings.max_sentence_phonemes)
-                if not plan:
-                    raise InvalidRequest("text has nothing to speak", param="text")
-                pacer = _Pacer(flight, loop, self._settings.lookahead_chunks)
-                for index, utterance in enumerate(plan):
-                    await self._utterance(
-                        flight, voice, speaker_id, length_scale, utterance, index == len(plan) - 1, pacer
-                    )
-                    if lock_token is not None:
-                        await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
+                await self._segments(flight, resolved, lock_token)
             finally:
                 admission.release()
-            flight.finish(wav_bytes(voice.sample_rate, b"".join(flight.chunks)))
+            flight.finish(wav_bytes(flight.sample_rate, b"".join(flight.chunks)))
+            if flight.timed:
+                # Before the WAV reaches the shared tiers: whoever finds the audio finds its word
+                # timings too (this worker's L1 has the WAV at once, as before).
+                self.cache.memory.put(entry_name(flight.key, WAV_SUFFIX), flight.wav)
+                words = word_timings(flight.word_samples, flight.sample_rate, resolved.plan)
+                await self.cache.put(flight.key, json.dumps(words).encode(), WORDS_SUFFIX)
             durable = await self.cache.put(flight.key, flight.wav)
             if not durable:
                 self._metrics.storage_errors.inc()
@@ -433,9 +506,66 @@ class SpeechService:
                 # The last synthesis ended: the buffers of its calls go back to the system (about
                 # 110 MiB after a bench-like run), not kept at their peak for the worker's life.
                 with contextlib.suppress(RuntimeError):  # the pool is shut down: we are closing
-                    loop.run_in_executor(self._text_pool, trim_heap)
+                    asyncio.get_running_loop().run_in_executor(self._text_pool, trim_heap)
             if lock_token is not None:
                 await self.cache.redis.release_lock(flight.key, lock_token)
+
+    async def _segments(self, flight: Flight, resolved: _Resolved, lock_token: str | None) -> None:
+        """The plan's segments in order: each phonemized (in the text thread), then its utterances."""
+        loop = asyncio.get_running_loop()
+        pacer = _Pacer(flight, loop, self._settings.lookahead_chunks)
+        segments = resolved.plan.segments
+        spoken = False
+        for index, segment in enumerate(segments):
+            pause = 0.0 if index == len(segments) - 1 else segment.pause_s  # no silence at the end
+            if not segment.runs:  # a break with nothing before it in its block
+                if pause:
+                    await pacer.room()
+                    flight.append(silence(flight.sample_rate, pause))
+                continue
+            voice, speaker_id = resolved.segment_voice(segment)
+            phonemes, owners = await loop.run_in_executor(self._text_pool, segment_phonemes, voice, segment)
+            utterances = plan_utterances([phonemes], self._settings.max_sentence_phonemes)
+            sliced = utterance_owners(phonemes, owners, utterances)
+            # The voice's own rate, the request's speed, then the document's (SSML prosody).
+            length_scale = resolved.length_scale / segment.rate
+            if voice is not resolved.voice:
+                length_scale *= voice.length_scale / resolved.voice.length_scale
+            for utterance, utterance_words in zip(utterances, sliced, strict=True):
+                silence_s = pause if utterance.ends_sentence else 0.0
+                await self._utterance(
+                    flight,
+                    voice,
+                    speaker_id,
+                    length_scale,
+                    utterance,
+                    silence_s,
+                    resolved.volume,
+                    pacer,
+                    (index, utterance_words),
+                )
+                spoken = True
+            if lock_token is not None:
+                await self.cache.redis.extend_lock(flight.key, self._lock_ttl_s)
+        if not spoken:
+            raise InvalidRequest("text has nothing to speak", param="text")
+
+    @staticmethod
+    def _time_words(
+        flight: Flight, voice: Voice, segment: int, utterance: Utterance, owners: tuple[int | None, ...]
+    ) -> None:
+        """Where each word of the utterance just encoded lies in the flight's PCM (known before
+        its audio is made, so a stream can send the words before their audio)."""
+        frames = flight.sentences[-1]
+        spans = voice.phoneme_frames(utterance.phonemes, frames.frames)
+        for owner, span in zip(owners, spans, strict=True):
+            if owner is None or span is None:
+                continue
+            first, end = (frames.start_sample + frame * frames.hop for frame in span)
+            found = flight.word_samples.setdefault((segment, owner), [first, end])
+            found[0], found[1] = min(found[0], first), max(found[1], end)
+        if flight.plan is not None:
+            flight.words = word_timings(flight.word_samples, flight.sample_rate, flight.plan, partial=True)
 
     async def _utterance(
         self,
@@ -444,15 +574,17 @@ class SpeechService:
         speaker_id: int | None,
         length_scale: float,
         utterance: Utterance,
-        last: bool,
+        silence_s: float,
+        volume: float,
         pacer: _Pacer,
+        timing: tuple[int, tuple[int | None, ...]] = (0, ()),
     ) -> None:
         """One utterance: the encoder once, then its windows in order (or one whole-utterance job)."""
         ids = tuple(voice.phoneme_ids(utterance.phonemes))
-        silence_after = utterance.ends_sentence and not last
         scale_key = (voice.voice_id, length_scale)
         if voice.windows is None:
-            part = _Part(ids, speaker_id, True, True, silence_after)
+            flight.timed = False  # the stock graph gives no frames per phoneme
+            part = _Part(ids, speaker_id, True, True, silence_s, voice.gain * volume)
             await self._job(
                 flight,
                 pacer,
@@ -479,6 +611,7 @@ class SpeechService:
         flight.sentences.append(
             SentenceFrames(ids, tuple(int(f) for f in encoded.durations), voice.windows.hop, start_sample)
         )
+        self._time_words(flight, voice, timing[0], utterance, timing[1])
         s = self._settings
         if flight.unbounded and not flight.background:
             # A file: nobody listens while it is made, so one window is fastest. A job's sentence
@@ -498,7 +631,8 @@ class SpeechService:
                 speaker_id,
                 fade_in=number == 0,
                 fade_out=number == len(bounds) - 1,
-                silence_after=silence_after and number == len(bounds) - 1,
+                silence_s=silence_s if number == len(bounds) - 1 else 0.0,
+                gain=voice.gain * volume,
                 window=window,
                 encode_s=encode_s if number == 0 else 0.0,
             )
@@ -611,7 +745,7 @@ class SpeechService:
         total = sum(samples.size for samples in outputs) or 1
         rendered: list[tuple[bytes, float]] = []
         for part, samples in zip(parts, outputs, strict=True):
-            pcm = to_pcm16(samples, self._settings.gain, fade, fade_in=part.fade_in, fade_out=part.fade_out)
+            pcm = to_pcm16(samples, part.gain, fade, fade_in=part.fade_in, fade_out=part.fade_out)
             seconds = samples.size / voice.sample_rate
             share = elapsed * samples.size / total + part.encode_s
             m.inferences.labels(voice.voice_id).inc()
@@ -619,8 +753,8 @@ class SpeechService:
             m.audio_seconds.labels(voice.voice_id).inc(seconds)
             if seconds > 0:
                 m.real_time_factor.labels(voice.voice_id).observe(share / seconds)
-            if part.silence_after:
-                pcm += silence(voice.sample_rate, self._settings.sentence_silence_s)
+            if part.silence_s:
+                pcm += silence(voice.sample_rate, part.silence_s)
             rendered.append((pcm, elapsed))
         return rendered
 
@@ -630,6 +764,13 @@ class SpeechService:
                 flight.task.cancel()
         await asyncio.gather(*(f.task for f in self._flights.values() if f.task), return_exceptions=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_phonemes(voice: Voice, segment: Segment) -> None:
+    """Inline phonemes (`[[ ]]`, SSML `phoneme`) must all be the voice's own."""
+    unknown = sorted({p for run in segment.runs for p in run.phonemes if p not in voice.phoneme_id_map})
+    if unknown:
+        raise InvalidRequest(f"phonemes unknown to voice {voice.voice_id}: {' '.join(unknown)}", param="text")
 
 
 class _Pacer:

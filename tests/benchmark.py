@@ -378,8 +378,8 @@ class Floor:
 
     def measure(self, text: str) -> FloorTiming:
         from server.request import parse_speech_request
-        from server.synthesis.text import plan_utterances
         from server.synthesis.windows import Window, window_bounds
+        from server.text.utterances import plan_utterances
 
         synthesis = self.settings.synthesis
         request = parse_speech_request(

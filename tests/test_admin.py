@@ -64,7 +64,7 @@ def test_storage_statistics_count_the_files_behind_urls(admin):
     server, _ = admin
     server.get("/tts?" + query(text=unique_text("Stored")))
     stats = server.get("/admin/storage", headers=as_admin()).json()
-    assert stats["disk"]["files"] == 1
+    assert stats["disk"]["files"] == 2  # the WAV and its word timings (behind the caption URLs)
     assert stats["disk"]["bytes"] > 44
     assert stats["disk"]["expired"] == 0
 
@@ -77,7 +77,7 @@ def test_cleanup_removes_expired_files_only(make_server):
     import time
 
     time.sleep(1.5)
-    assert server.post("/admin/cleanup", {}, headers=as_admin()).json() == {"removed": 1}
+    assert server.post("/admin/cleanup", {}, headers=as_admin()).json() == {"removed": 2}  # WAV and words
     assert server.get("/admin/storage", headers=as_admin()).json()["disk"]["files"] == 0
     assert made["hash"]
 
@@ -103,7 +103,7 @@ def test_purge_all_empties_every_tier(admin):
     resp = server.post("/admin/purge", {"all": True}, headers=as_admin())
 
     assert resp.status == 200
-    assert resp.json()["removed"] == {"redis": 2, "disk": 2}
+    assert resp.json()["removed"] == {"redis": 4, "disk": 4}  # each a WAV and its word timings
     assert all(server.get(f"/audio/{key}.wav").status == 404 for key in keys)
     assert redis.client().keys("tts:audio:*") == []
 

@@ -36,9 +36,9 @@ def test_pcm_is_two_bytes_per_sample_little_endian():
     )
 
 
-def test_full_scale_maps_to_int16_extremes():
+def test_full_scale_is_limited_below_the_ceiling():
     pcm = to_pcm16(np.array([1.0, -1.0], dtype=np.float32), gain=1.0, fade_samples=0)
-    assert samples(pcm).tolist() == [32767, -32767]
+    assert samples(pcm).tolist() == [30490, -30490]  # 0.8 + 0.15 tanh(0.2 / 0.15) of full scale
 
 
 def test_quiet_input_stays_quiet():
@@ -54,14 +54,21 @@ def test_gain_is_the_same_fixed_factor_for_every_chunk():
     assert int(np.abs(loud).max()) == 26214
 
 
-def test_values_beyond_full_scale_are_clipped():
+def test_values_beyond_full_scale_stay_under_the_ceiling_and_below_the_knee_pass_unchanged():
     pcm = to_pcm16(np.array([1.5, -3.0, 0.6], dtype=np.float32), gain=1.0, fade_samples=0)
-    assert samples(pcm).tolist() == [32767, -32767, 19660]
+    assert samples(pcm).tolist() == [31128, -31129, 19660]  # ceiling 0.95: 31129
 
 
-def test_gain_can_push_into_clipping():
+def test_gain_can_push_into_the_limiter():
     pcm = to_pcm16(np.array([0.75, -0.75], dtype=np.float32), gain=2.0, fade_samples=0)
-    assert samples(pcm).tolist() == [32767, -32767]
+    assert samples(pcm).tolist() == [31128, -31128]
+
+
+def test_the_limiter_keeps_the_order_of_levels():
+    ramp = np.linspace(0.0, 4.0, 4001, dtype=np.float32)
+    limited = samples(to_pcm16(ramp, gain=1.0, fade_samples=0))
+    assert bool(np.all(np.diff(limited) >= 0))
+    assert int(limited.max()) <= 31129
 
 
 def test_fades_start_and_end_at_zero():

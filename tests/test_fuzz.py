@@ -34,6 +34,8 @@ OPERATIONS = [
     "POST /tts/stream",
     "GET /audio/{hash}.{ext}",
     "HEAD /audio/{hash}.{ext}",
+    "GET /audio/{hash}.vtt",
+    "GET /audio/{hash}.srt",
     "GET /voices",
     "GET /healthz",
     "GET /readyz",

@@ -21,13 +21,18 @@ import pytest
 
 from server.jobs.document import split_document, split_sentences
 from server.jobs.runner import output_key
-from tests.conftest import RedisProcess, ServerProcess, query, request
+from server.settings import load_settings
+from tests.conftest import ROOT, RedisProcess, ServerProcess, query, request
 
 KEY_A = "jobs-key-a-" + "a" * 24
 KEY_B = "jobs-key-b-" + "b" * 24
 AS_A = {"X-API-Key": KEY_A}
 AS_B = {"X-API-Key": KEY_B}
-SILENCE_FRAMES = 4410  # synthesis.sentence_silence_s (0.2 s) at 22050 Hz, between sentences
+# The pauses config.yaml sets, at the voice's 22050 Hz: between sentences, and where a
+# paragraph or heading ends.
+SYNTHESIS = load_settings(ROOT / "config.yaml", environ={}).synthesis
+SENTENCE_GAP_FRAMES = round(SYNTHESIS.sentence_silence_s * 22050)
+PARAGRAPH_GAP_FRAMES = round(SYNTHESIS.paragraph_silence_s * 22050)
 FAST = {
     "TTS__JOBS__SWEEP_INTERVAL_S": "1",
     "TTS__JOBS__HEARTBEAT_S": "2",
@@ -172,7 +177,10 @@ def test_a_30000_character_document_completes_with_monotonic_progress_and_the_su
         tts = server.get("/tts?" + query(text=sentence, speed=4), headers=AS_A).json()
         assert tts["cache"] != "miss"
         total += frames(server.get(tts["audio_path"], headers=AS_A).body)
-    assert frames(audio.body) == total + SILENCE_FRAMES * (len(spoken) - 1)
+    gaps = PARAGRAPH_GAP_FRAMES * (len(paragraphs) - 1) + SENTENCE_GAP_FRAMES * (
+        len(spoken) - len(paragraphs)
+    )
+    assert frames(audio.body) == total + gaps
 
 
 def test_segments_are_paragraphs_and_headings_with_their_text_spans(server):

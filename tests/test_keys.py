@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.cache.keys import KeyParts, audio_key, is_key
-from server.synthesis.text import normalize_text
+from server.text.clean import normalize_text
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = KeyParts(
@@ -28,7 +28,7 @@ BASE = KeyParts(
 )
 # Pinned on purpose: if this changes, every cached file and Redis entry is orphaned, so a change
 # must be deliberate (and bump AUDIO_FORMAT_VERSION when the audio bytes change).
-BASE_KEY = "f6e2f77d13f3961708adc3c8cfecddfef4d71ddc79a5ad9e66ddb39e20ced397"
+BASE_KEY = "eb1a04ab196c2b431c19e9f8b2015bd791e28421f8aa6053b9ee79484cbd8a80"
 
 
 def key_for_text(text: str) -> str:
@@ -103,6 +103,9 @@ def test_different_normalized_texts_have_different_keys(first, second):
         {"render": (1.0, 0.2, 4.0, 40, 300)},
         {"render": (1.0, 0.2, 4.0, 60, 200)},
         {"render": (1.0, 0.2, 4.0, 60)},
+        {"front": ("markdown", 1)},
+        {"front": ("plain", 2)},
+        {"front": ("ssml", 1, "en_US-other-medium:" + "0" * 64)},
     ],
     ids=repr,
 )

@@ -28,7 +28,8 @@ KEY = "openapi-admin-key-" + "k" * 20
 LIMITED_KEY = "openapi-limited-key-" + "k" * 20  # its own bucket, untouched by other tests
 VOICE = "en_US-joe-medium"
 SPEECH_OPERATIONS = [("get", "/tts"), ("post", "/tts"), ("get", "/tts/stream"), ("post", "/tts/stream")]
-SPEECH_FIELDS = {"text", "speed", "voice", "speaker", "format"}
+SPEECH_FIELDS = {"text", "speed", "voice", "speaker", "format", "text_format", "volume"}
+ROUTE_FIELDS = {"/tts": {"timestamps"}, "/tts/stream": {"events"}}  # besides SPEECH_FIELDS
 FORMATS = ["wav", "pcm", "mp3", "opus", "aac", "flac"]
 LIMITED_OPERATIONS = [*SPEECH_OPERATIONS, ("get", "/audio/{hash}.{ext}"), ("head", "/audio/{hash}.{ext}")]
 ADMIN_OPERATIONS = [
@@ -216,12 +217,12 @@ def test_speech_operations_document_their_fields_and_every_status(doc, method, p
     assert set(operation["responses"]) == {"200", "400", "401", "413", "429", "503"}
     if method == "post":
         body = follow(doc, operation["requestBody"]["content"]["application/json"]["schema"])
-        assert set(body["properties"]) == SPEECH_FIELDS
+        assert set(body["properties"]) == SPEECH_FIELDS | ROUTE_FIELDS[path]
         assert body["required"] == ["text"]
         assert body["additionalProperties"] is False
         return
     names = {follow(doc, parameter)["name"]: follow(doc, parameter) for parameter in operation["parameters"]}
-    assert set(names) == SPEECH_FIELDS
+    assert set(names) == SPEECH_FIELDS | ROUTE_FIELDS[path]
     assert names["text"]["required"] is True
     assert not any(names[name]["required"] for name in SPEECH_FIELDS - {"text"})
 

@@ -119,6 +119,51 @@ def test_player_schedules_audio_before_the_stream_ends_and_all_of_it(server, pag
 
 
 @pytest.mark.browser
+def test_the_highlight_moves_word_by_word_in_step_with_playback(server, page, console_errors):
+    text = multi_sentence_text()
+    page.fill("#text", text)
+    page.click("#play")
+    wait_for_stream_end(page)
+    # Playback runs in real time after the stream ends: wait until the last word is lit.
+    page.wait_for_function(
+        "() => { const s = window.playerStats; const last = s.highlights[s.highlights.length - 1];"
+        " return s.words.length > 0 && last && last.index === s.words.length - 1; }",
+        timeout=STREAM_TIMEOUT_MS,
+    )
+    stats = page.evaluate("window.playerStats")
+    words, highlights = stats["words"], stats["highlights"]
+    assert [w["word"] for w in words] == text.split()
+    assert page.eval_on_selector_all("#transcript span", "spans => spans.map((s) => s.textContent)") == [
+        w["word"] for w in words
+    ]
+    indexes = [h["index"] for h in highlights]
+    assert indexes == sorted(set(indexes))  # forward only, never back or twice
+    assert len(indexes) >= 0.8 * len(words)  # a word is skipped only when shorter than a tick
+    for highlight in highlights:
+        word = words[highlight["index"]]
+        # Lit once its start has been played, and no later than a tick and a buffer after it.
+        assert word["start_s"] <= highlight["played"] < word["start_s"] + 0.15, (word, highlight)
+    assert console_errors == []
+
+
+@pytest.mark.browser
+def test_event_parser_joins_an_event_split_across_network_chunks(page):
+    parsed = page.evaluate(
+        """() => {
+            const parser = window.ttsPlayer.createEventParser();
+            const bytes = (text) => new TextEncoder().encode(text);
+            const first = parser.push(bytes('event: words\\ndata: {"words"'));
+            const second = parser.push(bytes(':[]}\\n\\nevent: done\\ndata: {"hash":"h"}\\n\\n'));
+            return { first, second };
+        }"""
+    )
+    assert parsed == {
+        "first": [],
+        "second": [{"name": "words", "data": {"words": []}}, {"name": "done", "data": {"hash": "h"}}],
+    }
+
+
+@pytest.mark.browser
 def test_pcm_decoder_joins_a_sample_split_across_network_chunks(page):
     decoded = page.evaluate(
         """() => {
@@ -180,6 +225,7 @@ def test_custom_rate_is_sent_to_the_stream_as_a_number(page):
         "text": [text],
         "voice": [page.input_value("#voice")],
         "speed": ["1.5"],
+        "events": ["sse"],
     }
     wait_for_stream_end(page)
     assert page.evaluate("window.playerStats.state") == "done"

@@ -98,30 +98,36 @@ def test_a_url_minted_while_redis_was_down_reaches_other_replicas_when_it_return
     # The journal is on disk: a worker restart before Redis is back loses nothing.
     first.stop()
     restarted = make_server(env, workdir=tmp_path / "a")
-    assert len(list((tmp_path / "a" / "audio" / "journal").glob("*.pending"))) == 1
+    # The WAV and its word timings (the caption URLs need them too).
+    assert len(list((tmp_path / "a" / "audio" / "journal").glob("*.pending"))) == 2
 
     redis.start()  # empty, on the same port
+    journal = tmp_path / "a" / "audio" / "journal"
     deadline = time.monotonic() + 60
     served = second.get(path)
     while served.status != 200 and time.monotonic() < deadline:
         time.sleep(0.2)
         served = second.get(path)
+    # One replay round writes the entries one after the other: wait for the last of them too.
+    while list(journal.glob("*.pending")) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
     assert (served.status, served.headers["X-Cache"]) == (200, "l2")
     assert served.body == restarted.get(path).body
-    assert list((tmp_path / "a" / "audio" / "journal").glob("*.pending")) == []
+    assert list(journal.glob("*.pending")) == []
 
 
 def test_an_entry_dropped_from_a_full_journal_is_still_served_by_its_replica(
     make_server, make_redis, tmp_path
 ):
     redis = make_redis()
-    env = {"TTS__REDIS__URL": redis.url, "TTS__STORAGE__JOURNAL_MAX_ENTRIES": "1"}
+    # Room for one synthesis: its WAV and its word timings.
+    env = {"TTS__REDIS__URL": redis.url, "TTS__STORAGE__JOURNAL_MAX_ENTRIES": "2"}
     proc = make_server(env, workdir=tmp_path / "a")
     redis.stop()
     dropped = proc.get("/tts?" + query(text=unique_text("Dropped from the journal"))).json()
     proc.get("/tts?" + query(text=unique_text("Kept in the journal")))
-    assert proc.metric("tts_journal_dropped_total") == 1
+    assert proc.metric("tts_journal_dropped_total") == 2  # the first synthesis's two entries
     proc.stop()  # a new process: nothing in memory, only the disk serves
 
     served = make_server(env, workdir=tmp_path / "a").get(dropped["audio_path"])

@@ -419,3 +419,18 @@ def test_public_api_keys_are_not_read_from_the_config_file(tmp_path):
     path.write_text(f"api_keys: [{'k' * 20}]\n", encoding="utf-8")
     error = _error({}, path)
     assert (error.key, error.reason) == ("api_keys", "unknown section")
+
+
+def test_each_front_door_reads_text_in_its_configured_format():
+    settings = load_settings(CONFIG, environ={"TTS__TEXT__OPENAI_FORMAT": "markdown"})
+    assert (settings.text.tts_format, settings.text.stream_format, settings.text.openai_format) == (
+        "plain",
+        "plain",
+        "markdown",
+    )
+
+
+def test_an_unknown_text_format_in_the_config_names_the_key():
+    with pytest.raises(SettingsError) as caught:
+        load_settings(CONFIG, environ={"TTS__TEXT__TTS_FORMAT": "html"})
+    assert caught.value.key == "text.tts_format"

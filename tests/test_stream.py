@@ -21,7 +21,7 @@ from tests.conftest import ServerProcess, query, unique_text
 
 SAMPLE_RATE = 22050  # en_US-joe-medium
 FULL_SCALE = 32767
-SENTENCE_SILENCE_S = 0.2  # synthesis.sentence_silence_s in config.yaml
+SENTENCE_SILENCE_S = 0.2  # the SSML break the loudness test puts between its sentences
 
 
 @dataclass
@@ -206,12 +206,16 @@ def test_chunks_join_without_a_jump(server):
 
 
 def test_loudness_is_steady_across_sentences_and_never_full_scale(server):
-    text = (
-        "The meeting will start at nine in the morning. Hmm. "
-        "Please bring your notes and the printed report. Okay. "
-        "We will finish before lunch " + unique_text("today")
-    )
-    streamed = read_stream(server, "/tts/stream?" + query(text=text))
+    pause = f'<break time="{int(SENTENCE_SILENCE_S * 1000)}ms"/>'
+    sentences = [
+        "The meeting will start at nine in the morning.",
+        "Hmm.",
+        "Please bring your notes and the printed report.",
+        "Okay.",
+        "We will finish before lunch " + unique_text("today"),
+    ]
+    text = f"<speak>{pause.join(sentences)}</speak>"
+    streamed = read_stream(server, "/tts/stream?" + query(text=text, text_format="ssml"))
     x = samples(streamed.body)
     spans = sentence_spans(x)
     assert len(spans) == 5

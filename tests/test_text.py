@@ -8,7 +8,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from server.synthesis.text import CLAUSE_BREAKS, Utterance, normalize_text, plan_utterances
+from server.text.clean import normalize_text
+from server.text.utterances import CLAUSE_BREAKS, Utterance, plan_utterances
 
 
 def test_normalize_composes_to_nfc():

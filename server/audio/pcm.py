@@ -1,8 +1,8 @@
 """PCM and WAV framing: model floats to int16 chunks that join without clicks or loudness jumps.
 
-One fixed gain for every chunk (never per-sentence peak normalization, which makes loudness jump
-between sentences), short fades at chunk edges where the model leaves a step, and a WAV header that
-works both for a finished file and for a stream of unknown length.
+One fixed gain per voice for every chunk, peaks limited (never per-sentence peak normalization,
+which makes loudness jump between sentences), short fades at chunk edges where the model leaves a
+step, and a WAV header that works both for a finished file and for a stream of unknown length.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import struct
 from typing import Final
 
 import numpy as np
+
+from server.audio.loudness import limit
 
 SAMPLE_WIDTH: Final = 2  # s16le
 CHANNELS: Final = 1
@@ -21,7 +23,7 @@ STREAMING_SIZE: Final = 0xFFFFFFFF  # "unknown length", accepted by browsers, ff
 def to_pcm16(
     audio: np.ndarray, gain: float, fade_samples: int, *, fade_in: bool = True, fade_out: bool = True
 ) -> bytes:
-    """Float samples in [-1, 1] to s16le bytes with a fixed gain and faded edges.
+    """Float samples in [-1, 1] to s16le bytes with a fixed gain, peaks limited, and faded edges.
 
     Only an utterance's own edges are faded: windows inside an utterance join seamlessly as they
     are, and a fade there would dip the speech.
@@ -34,7 +36,7 @@ def to_pcm16(
             samples[:fade] *= ramp
         if fade_out:
             samples[-fade:] *= ramp[::-1]
-    np.clip(samples, -1.0, 1.0, out=samples)
+    limit(samples)
     return (samples * 32767.0).round().astype("<i2").tobytes()
 
 

@@ -10,7 +10,8 @@ from typing import Final
 
 # Bump when the bytes produced for the same inputs change (framing, fades, chunking rules).
 # 2: Piper's pad after BOS, whole sentences as utterances, windowed synthesis.
-AUDIO_FORMAT_VERSION: Final = 2
+# 3: the text front-end (formats, pysbd sentences, normalization, Piper's sentence pauses).
+AUDIO_FORMAT_VERSION: Final = 3
 KEY_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 
 
@@ -26,6 +27,9 @@ class KeyParts:
     noise_scale: float
     noise_w: float
     render: tuple[float, ...]  # gain, silence, fade, window sizes and the sentence bound from config
+    # The front-end: text_format, normalization version, its settings, and any other voice the
+    # document switches to (id and model digest); `text` is then the document as sent.
+    front: tuple[str | int | float | bool, ...] = ()
 
 
 def audio_key(parts: KeyParts) -> str:
@@ -39,6 +43,7 @@ def audio_key(parts: KeyParts) -> str:
         round(parts.noise_scale, 4),
         round(parts.noise_w, 4),
         [round(value, 4) for value in parts.render],
+        list(parts.front),
     ]
     canonical = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

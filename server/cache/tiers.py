@@ -38,6 +38,9 @@ REFRESH_EVERY_S: Final = 60.0
 INVALIDATE_CHANNEL: Final = "invalidate"
 ALL: Final = "*"
 WAV_SUFFIX: Final = "wav"
+# The word timings of the audio, stored beside it (JSON; one short suffix, as the journal
+# and the disk name entries).
+WORDS_SUFFIX: Final = "words"
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 
 

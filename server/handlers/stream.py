@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 from tornado.iostream import StreamClosedError
 
@@ -27,7 +29,26 @@ STREAM_HEADERS: Final = {
     ),
     **RATE_LIMIT_HEADERS,
 }
-STREAMED: Final = {200: Reply("The audio, streamed", audio_content(), STREAM_HEADERS)}
+EVENT_STREAM: Final = "text/event-stream"
+STREAMED: Final = {
+    200: Reply(
+        "The audio, streamed; with events=sse, server-sent events (audio, words, done)",
+        {
+            **audio_content(),
+            EVENT_STREAM: {
+                "type": "object",
+                "description": "One event; its data is JSON: audio {audio: base64}, words {words: "
+                "[{word, start_s, end_s, char_start, char_end}]}, done {hash, words}",
+                "properties": {
+                    "event": {"type": "string", "enum": ["audio", "words", "done"]},
+                    "data": {"type": "string", "description": "JSON"},
+                },
+                "required": ["event", "data"],
+            },
+        },
+        STREAM_HEADERS,
+    )
+}
 STREAM_DESCRIPTION: Final = (
     "audio/pcm is raw s16le mono; audio/wav has a header with unknown length; the compressed "
     "formats are encoded as the audio arrives. An error after the first audio can only close the "
@@ -40,6 +61,8 @@ class StreamingHandler(SpeechHandler):
 
     Subclasses may frame each chunk (`frame`) and end the body (`trailer`), as OpenAI's SSE does.
     """
+
+    default_format_key = "stream_format"
 
     def frame(self, chunk: bytes) -> bytes:
         return chunk
@@ -139,6 +162,42 @@ class StreamHandler(StreamingHandler):
     async def _stream_fields(self, fields: StreamFields) -> None:
         rendition = Rendition(FORMATS[fields.format])
         request = self.speech_request(fields)
+        accept = self.request.headers.get("Accept", "")
+        self._sse = fields.events == "sse" or EVENT_STREAM in accept
+        self._words_sent = 0
         with self.stream_slot():
             stream = await self.services.renditions.stream(request, rendition, self.client_id)
+            if self._sse:
+                await stream.load_words()
             await self.send_stream(stream)
+
+    # Server-sent events: `words` (the timings known so far, never after their audio), `audio`
+    # (base64 of the asked format), and a final `done`.
+
+    def frame(self, chunk: bytes) -> bytes:
+        if not getattr(self, "_sse", False):
+            return chunk
+        return self._new_words() + sse_event("audio", {"audio": base64.b64encode(chunk).decode("ascii")})
+
+    def trailer(self, stream: EncodedStream) -> bytes:
+        if not getattr(self, "_sse", False):
+            return b""
+        return self._new_words() + sse_event("done", {"hash": stream.key, "words": self._words_sent})
+
+    def _new_words(self) -> bytes:
+        words = self._stream.words()
+        if len(words) <= self._words_sent:
+            return b""
+        fresh = words[self._words_sent :]
+        self._words_sent = len(words)
+        return sse_event("words", {"words": fresh})
+
+    def write_stream_headers(self, stream: EncodedStream) -> None:
+        super().write_stream_headers(stream)
+        if getattr(self, "_sse", False):
+            self.set_header("Content-Type", EVENT_STREAM)
+
+
+def sse_event(name: str, payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {name}\ndata: {data}\n\n".encode()

@@ -11,7 +11,7 @@ from server.handlers.base import BaseHandler
 from server.openapi import RATE_LIMIT_HEADERS, Reply, operation
 from server.ratelimit import REQUESTS
 from server.request import SpeechRequest, speech_request
-from server.schemas import SpeechFields, Synthesis, TTSFields, validate
+from server.schemas import SpeechFields, Synthesis, TTSFields, WordTiming, validate
 
 SPEECH_ERRORS: Final = (400, 401, 413, 429, 503)
 STORED: Final = {
@@ -27,10 +27,16 @@ class SpeechHandler(BaseHandler):
         self.require_api_key()
         await self.limit(REQUESTS)
 
+    default_format_key = "tts_format"  # the `text` setting naming this route's default text_format
+
     def speech_request(self, fields: SpeechFields) -> SpeechRequest:
-        synthesis = self.services.settings.synthesis
+        settings = self.services.settings
+        synthesis = settings.synthesis
         request = speech_request(
-            fields, default_voice=synthesis.default_voice, max_chars=synthesis.max_text_chars
+            fields,
+            default_voice=synthesis.default_voice,
+            max_chars=synthesis.max_text_chars,
+            default_format=getattr(settings.text, self.default_format_key),
         )
         self.voice, self.text_chars = request.voice, len(request.text)
         return request
@@ -92,5 +98,10 @@ class TTSHandler(SpeechHandler):
             duration_s=round(audio.duration_s or 0.0, 3),
             sample_rate=audio.sample_rate,
             cache=audio.tier,  # type: ignore[arg-type]
+            words=await self._words(audio.key) if fields.timestamps == "word" else None,
         )
         self.write_model(synthesis)
+
+    async def _words(self, key: str) -> list[WordTiming]:
+        stored = await self.services.speech.words(key)
+        return [WordTiming(**word) for word in stored or []]

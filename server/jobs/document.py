@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from server.synthesis.text import normalize_text
+from server.text.clean import normalize_text
 
 MAX_SENTENCE_CHARS: Final = 400  # a longer run without a sentence end is cut at a space
 _BLOCK_BREAK: Final = re.compile(r"\n[ \t\r\f\v]*\n")

@@ -174,12 +174,18 @@ class JobRunner:
         pieces = await self._store.pieces(record.id)
         voice = self._speech.catalog.get(record.request["voice"])
         rate = voice.sample_rate
-        gap = silence(rate, self._settings.synthesis.sentence_silence_s)
+        # The pauses of the text front-end: a paragraph's (or heading's) end is longer than a
+        # sentence's (which is 0 by default, as in Piper: the voice's own trailing silence).
+        synthesis = self._settings.synthesis
+        sentence_gap = silence(rate, synthesis.sentence_silence_s)
+        paragraph_gap = silence(rate, synthesis.paragraph_silence_s)
+        segment_starts = {segment.first for segment in document.segments}
         chunks: list[bytes] = []
         starts: list[float] = []
         ends: list[float] = []
         position = 0
         for index, piece in enumerate(pieces):
+            gap = paragraph_gap if index in segment_starts else sentence_gap
             if index and gap:
                 chunks.append(gap)
                 position += len(gap)

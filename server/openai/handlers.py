@@ -80,11 +80,15 @@ class OpenAISpeechHandler(OpenAIErrors, StreamingHandler):
         """Speak `input` in `response_format`, streamed as it is synthesized (or as SSE events)."""
         body = parse_speech_body(self.json_fields())
         self._sse = body.stream_format == "sse"
+        self._word_events = self._sse and body.timestamps == "word"
+        self._words_sent = 0
         request = self._speech_request(body)
         fmt = FORMATS[body.response_format]
         rendition = Rendition(PCM, PCM_RATE) if fmt is PCM else Rendition(fmt)
         with self.stream_slot():
             stream = await self.services.renditions.stream(request, rendition, self.client_id)
+            if self._word_events:
+                await stream.load_words()
             await self.send_stream(stream)
 
     def _speech_request(self, body: SpeechBody) -> SpeechRequest:
@@ -98,10 +102,14 @@ class OpenAISpeechHandler(OpenAIErrors, StreamingHandler):
             default=catalog.default_voice,
         )
         limit = min(settings.openai.max_input_chars, settings.synthesis.max_text_chars)
+        fields: dict[str, object] = {"text": body.input, "voice": voice, "speed": body.speed}
+        if body.text_format is not None:
+            fields["text_format"] = body.text_format
         request = parse_speech_request(
-            {"text": body.input, "voice": voice, "speed": body.speed},
+            fields,
             default_voice=catalog.default_voice,
             max_chars=limit,
+            default_format=settings.text.openai_format,
         )
         self.voice, self.text_chars = request.voice, len(request.text)
         return request
@@ -109,7 +117,18 @@ class OpenAISpeechHandler(OpenAIErrors, StreamingHandler):
     def frame(self, chunk: bytes) -> bytes:
         if not self._sse:
             return chunk
-        return _event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode("ascii")})
+        audio = _event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode("ascii")})
+        return self._new_words() + audio
+
+    def _new_words(self) -> bytes:
+        """Our extension (timestamps: word): the words known so far, before the audio they describe."""
+        if not self._word_events:
+            return b""
+        words = self._stream.words()
+        if len(words) <= self._words_sent:
+            return b""
+        fresh, self._words_sent = words[self._words_sent :], len(words)
+        return _event({"type": "speech.words", "words": fresh})
 
     def trailer(self, stream: EncodedStream) -> bytes:
         if not self._sse:
@@ -117,7 +136,7 @@ class OpenAISpeechHandler(OpenAIErrors, StreamingHandler):
         # Piper has no tokens: usage counts the input's characters, and no output tokens.
         chars = self.text_chars or 0
         usage = {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}
-        return _event({"type": "speech.audio.done", "usage": usage})
+        return self._new_words() + _event({"type": "speech.audio.done", "usage": usage})
 
     def write_stream_headers(self, stream: EncodedStream) -> None:
         super().write_stream_headers(stream)

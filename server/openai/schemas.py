@@ -40,6 +40,10 @@ class SpeechBody(BaseModel):
     response_format: ResponseFormat = "mp3"
     speed: float = Field(default=1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream_format: Literal["audio", "sse"] = "audio"
+    # Our extension: how `input` is read (plain, markdown, ssml); None: `text.openai_format`.
+    text_format: Literal["plain", "markdown", "ssml"] | None = None
+    # Our extension: with stream_format sse, "word" adds speech.words events before their audio.
+    timestamps: Literal["none", "word"] = "none"
 
     @property
     def voice_id(self) -> str:

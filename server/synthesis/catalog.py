@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from loguru import logger
 
+from server.audio.loudness import gain_to, integrated_lufs
 from server.errors import UnknownVoice
 from server.memory import trim_heap
 from server.settings import Settings
@@ -89,6 +90,7 @@ class VoiceCatalog:
                 )
                 continue
             self._warm_up(voice)
+            voice.gain = self._gain(voice)
             voice.batch_limit = self._batch_limit(voice)
             self._voices[voice.voice_id] = voice
         trim_heap()  # loading freed the model protos and the split parts' bytes: about 65 MiB
@@ -106,6 +108,18 @@ class VoiceCatalog:
     def _warm_up(voice: Voice) -> None:
         for count in CUDA_WARMUP_LENGTHS if voice.provider == CUDA else WARMUP_LENGTHS:
             voice.infer(voice.warmup_ids(count), 1.0, voice.speaker_id(None))
+
+    def _gain(self, voice: Voice) -> float:
+        """`synthesis.gain` when set; else the gain that brings the voice to `loudness_lufs`."""
+        synthesis = self._settings.synthesis
+        if synthesis.gain:
+            return synthesis.gain
+        lufs = measured_lufs(voice)
+        gain = gain_to(synthesis.loudness_lufs, lufs)
+        logger.info(
+            "{}: {:.1f} LUFS, gain {:.3f} to {} LUFS", voice.voice_id, lufs, gain, synthesis.loudness_lufs
+        )
+        return gain
 
     def _batch_limit(self, voice: Voice) -> int:
         limit = self._settings.synthesis.batch_max_size or (AUTO_CUDA_BATCH if voice.provider == CUDA else 1)
@@ -148,6 +162,14 @@ def batch_matches_alone(voice: Voice) -> bool:
         a.shape == b.shape and _rms(a - b) <= BATCH_CHECK_TOLERANCE * _rms(a)
         for a, b in zip(alone, batched, strict=True)
     )
+
+
+def measured_lufs(voice: Voice) -> float:
+    """Loudness of the fixed warm-up sentence with the noise off: the same in every process."""
+    (samples,) = voice.infer_batch(
+        [voice.warmup_ids()], 1.0, [voice.speaker_id(None)], noise_scale=0, noise_w=0
+    )
+    return integrated_lufs(samples, voice.sample_rate)
 
 
 def _rms(samples: np.ndarray) -> float:

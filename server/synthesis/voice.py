@@ -96,6 +96,7 @@ class Voice:
     windows: WindowedEngine | None = field(default=None, repr=False)  # or its three parts
     lengths_output: str | None = None  # the stock graph's output with each row's frame count
     batch_limit: int = 1  # most chunks per inference call; the catalog sets it after a check
+    gain: float = 1.0  # brings the voice to the loudness target; the catalog measures it at load
     unknown_phonemes: int = 0
     attribution: tuple[str, str] | None = None  # (name, url) from the .onnx.json, where it has one
 
@@ -173,6 +174,28 @@ class Voice:
             ids.extend(id_map[PAD])
         ids.extend(id_map[EOS])
         return ids
+
+    def phoneme_frames(
+        self, phonemes: Sequence[str], durations: Sequence[int]
+    ) -> list[tuple[int, int] | None]:
+        """Each phoneme's [first, end) frames in its utterance, its pad included (None: not in the
+        voice, so not said), from the encoder's frames per id laid out as `phoneme_ids` lays them."""
+        id_map = self.phoneme_id_map
+        pad = len(id_map[PAD])
+        position = len(id_map[BOS]) + pad
+        frame = int(sum(durations[:position]))
+        spans: list[tuple[int, int] | None] = []
+        for phoneme in phonemes:
+            mapped = id_map.get(phoneme)
+            if mapped is None:
+                spans.append(None)
+                continue
+            width = len(mapped) + pad
+            length = int(sum(durations[position : position + width]))
+            spans.append((frame, frame + length))
+            frame += length
+            position += width
+        return spans
 
     def speaker_id(self, speaker: str | None) -> int | None:
         """Resolve a speaker name or number; None for single-speaker voices."""

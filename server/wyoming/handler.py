@@ -38,7 +38,7 @@ from server.errors import InvalidRequest, NotReady, Overloaded, RateLimited, Sto
 from server.ratelimit import REQUESTS
 from server.request import SpeechRequest, parse_speech_request
 from server.schemas import SpeechFields
-from server.synthesis.text import normalize_text
+from server.text.clean import normalize_text
 from server.wyoming.events import ProtocolError, read_event
 from server.wyoming.sentences import split_sentences
 from server.wyoming.voices import describe, select_voice

@@ -1,45 +1,19 @@
-"""Text normalization and the phonemized sentences the encoder takes as utterances.
+"""The phonemes of a segment as the utterances the encoder takes.
 
-Normalization decides what "the same text" means, so the cache key and the synthesizer both use
-`normalize_text`. Each sentence is synthesized as one utterance (with the prosody Piper gives
-it); first audio comes early from windowed synthesis, not from cutting the text. Only a sentence
-longer than `max_sentence_phonemes` is split, at a clause or word break, to bound memory.
+Each sentence is synthesized as one utterance (with the prosody Piper gives it); first audio
+comes early from windowed synthesis, not from cutting the text. Only a sentence longer than
+`max_sentence_phonemes` is split, at a clause or word break, to bound memory.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-_WHITESPACE: Final = re.compile(r"\s+")
 # Phonemes after which a pause sounds natural (espeak keeps the punctuation as phonemes).
 CLAUSE_BREAKS: Final = frozenset({",", ";", ":", "—", "–"})
 WORD_BREAK: Final = " "
-
-
-def normalize_text(text: str) -> str:
-    """NFC, control and format characters removed, whitespace collapsed and stripped."""
-    if text.isascii() and text.isprintable():
-        # The common case, and on every cache hit: printable ASCII is already NFC and has no
-        # control or format characters, so only spaces can change (a profiled hit-path cost).
-        return _WHITESPACE.sub(" ", text).strip()
-    text = unicodedata.normalize("NFC", text)
-    kept = []
-    for char in text:
-        category = unicodedata.category(char)
-        if char.isspace():
-            kept.append(" ")
-        elif category in ("Cc", "Cs", "Co", "Cn") or (category == "Cf" and char != "\u200d"):
-            # Controls, lone surrogates, private use, unassigned and bidi/format marks carry no
-            # speech; dropping them keeps keys stable (ZWJ stays: it is part of emoji sequences).
-            continue
-        else:
-            kept.append(char)
-    # Compose again: a removed character may have separated a letter from its combining mark.
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", "".join(kept))).strip()
 
 
 @dataclass(frozen=True)
@@ -81,3 +55,21 @@ def plan_utterances(sentences: Sequence[Sequence[str]], max_phonemes: int) -> li
             if head:
                 utterances.append(Utterance(head, ends_sentence=not rest))
     return utterances
+
+
+def join_sentences(sentences: Sequence[Sequence[str]]) -> list[str]:
+    """espeak's sentences of one segment as one run of phonemes.
+
+    The segmenter already decided where sentences end; espeak still ends one at every period
+    ("Dr." gives a falling "Doctor."), so a period that closes one of its inner pieces is dropped.
+    """
+    joined: list[str] = []
+    for index, sentence in enumerate(sentences):
+        phonemes = list(_strip_space(sentence))
+        if index < len(sentences) - 1 and phonemes and phonemes[-1] == ".":
+            phonemes.pop()
+        if phonemes:
+            if joined:
+                joined.append(WORD_BREAK)
+            joined.extend(phonemes)
+    return joined
