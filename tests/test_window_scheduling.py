@@ -63,6 +63,7 @@ class RecordingScheduler(Scheduler):
         key: Hashable,
         size: int,
         limit: int,
+        background: bool = False,
     ) -> Any:
         kind = key[0] if isinstance(key, tuple) else str(key)
         self.submitted.append((time.perf_counter(), kind, self._stream_of(item), deadline))
@@ -77,7 +78,9 @@ class RecordingScheduler(Scheduler):
                 with self._lock:
                     self.calls.append(call)
 
-        return await super().run_batched(recorded, item, deadline, key=key, size=size, limit=limit)
+        return await super().run_batched(
+            recorded, item, deadline, key=key, size=size, limit=limit, background=background
+        )
 
 
 class Harness:
