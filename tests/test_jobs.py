@@ -67,6 +67,15 @@ def wait_until_done(server: ServerProcess, job_id: str, done: int, headers=AS_A,
     raise AssertionError(f"job {job_id} never did {done} sentences")
 
 
+def pcm_of(body: bytes) -> bytes:
+    with wave.open(io.BytesIO(body)) as wav:
+        return wav.readframes(wav.getnframes())
+
+
+def relative(url: str) -> str:
+    return "/" + url.split("/", 3)[3]
+
+
 def frames(body: bytes) -> int:
     with wave.open(io.BytesIO(body)) as wav:
         return wav.getnframes()
@@ -194,8 +203,32 @@ def test_segments_are_paragraphs_and_headings_with_their_text_spans(server):
     ]
     assert segments[0]["start_s"] == 0.0
     assert segments[-1]["end_s"] == job["output"]["duration_s"]
+    # Each segment's own audio is its span of the whole file, sample for sample.
+    whole = pcm_of(server.get(job["output"]["audio_path"], headers=AS_A).body)
     for segment in segments:
-        assert segment["audio_url"].endswith(f"#t={segment['start_s']},{segment['end_s']}")
+        own = pcm_of(server.get(relative(segment["audio_url"]), headers=AS_A).body)
+        found = whole.find(own)
+        assert found % 2 == 0 and abs(found / 2 / 22050 - segment["start_s"]) <= 0.001
+    assert sum(len(pcm_of(server.get(relative(s["audio_url"]), headers=AS_A).body)) for s in segments) < len(
+        whole
+    )  # the pauses between segments belong to the whole file only
+
+
+def test_a_completed_job_has_captions_of_its_whole_audio(server):
+    spoken = sentences(3)
+    job = wait_for(server, submit(server, {"text": " ".join(spoken)}).json()["id"], {"completed"})
+    captions = job["output"]["captions"]
+    assert sorted(captions) == ["srt", "vtt"]
+    vtt = server.get(relative(captions["vtt"]), headers=AS_A)
+    assert (vtt.status, vtt.headers["Content-Type"].split(";")[0]) == (200, "text/vtt")
+    cues = vtt.body.decode()
+    # The last sentence's words are timed after the first's, on the whole file's time line.
+    assert cues.startswith("WEBVTT") and "Sentence 0" in cues and "spoken here." in cues
+    srt = server.get(relative(captions["srt"]), headers=AS_A).body.decode()
+    last_end = srt.strip().splitlines()[-2].split(" --> ")[1]
+    hours, minutes, seconds = last_end.replace(",", ".").split(":")
+    duration = job["output"]["duration_s"]
+    assert duration - 1.0 < int(hours) * 3600 + int(minutes) * 60 + float(seconds) <= duration
 
 
 def test_the_output_is_served_in_the_format_asked(server):
@@ -312,6 +345,8 @@ def test_delete_removes_the_job_and_its_audio(server):
     assert server.request_raw("DELETE", f"/jobs/{job_id}", headers=AS_A).status == 204
     assert server.get(f"/jobs/{job_id}", headers=AS_A).status == 404
     assert server.get(job["output"]["audio_path"], headers=AS_A).status == 404
+    for segment in job["output"]["segments"]:
+        assert server.get(relative(segment["audio_url"]), headers=AS_A).status == 404
 
 
 # -- metrics and readiness ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -21,6 +22,7 @@ from typing import Any, Final
 from loguru import logger
 
 from server.audio.pcm import duration_s, parse_wav, silence, wav_bytes
+from server.cache.tiers import WORDS_SUFFIX
 from server.errors import InvalidRequest, NotFound, Overloaded, TTSError
 from server.jobs import store as states
 from server.jobs.document import Document, split_document
@@ -36,6 +38,11 @@ OVERLOADED_BACKOFF_S: Final = (0.05, 2.0)
 def output_key(job_id: str) -> str:
     """The tiers' key of a job's joined audio (64 hex digits, like every audio key)."""
     return hashlib.sha256(f"job-output:{job_id}".encode()).hexdigest()
+
+
+def segment_key(job_id: str, index: int) -> str:
+    """The tiers' key of one segment's (a paragraph's or heading's) own audio."""
+    return hashlib.sha256(f"job-segment:{job_id}:{index}".encode()).hexdigest()
 
 
 class Cancelled(Exception):
@@ -170,7 +177,8 @@ class JobRunner:
         return bytes(parse_wav(audio.wav)[1])
 
     async def _join(self, record: Record, document: Document) -> dict[str, Any]:
-        """One WAV from the pieces, stored under the job's key; its segments' times."""
+        """One WAV from the pieces under the job's key, one per segment under its own key, and
+        the word timings of both where the sentences have them; the segments' times."""
         pieces = await self._store.pieces(record.id)
         voice = self._speech.catalog.get(record.request["voice"])
         rate = voice.sample_rate
@@ -180,40 +188,81 @@ class JobRunner:
         sentence_gap = silence(rate, synthesis.sentence_silence_s)
         paragraph_gap = silence(rate, synthesis.paragraph_silence_s)
         segment_starts = {segment.first for segment in document.segments}
-        chunks: list[bytes] = []
-        starts: list[float] = []
-        ends: list[float] = []
-        position = 0
+        pcms: list[bytes] = []
+        gaps: list[bytes] = []  # before each piece
         for index, piece in enumerate(pieces):
-            gap = paragraph_gap if index in segment_starts else sentence_gap
-            if index and gap:
-                chunks.append(gap)
-                position += len(gap)
-            pcm = await self._piece_pcm(record, document, index, piece)
-            starts.append(duration_s(rate, position))
-            chunks.append(pcm)
-            position += len(pcm)
-            ends.append(duration_s(rate, position))
-        wav = wav_bytes(rate, b"".join(chunks))
+            gaps.append(b"" if index == 0 else paragraph_gap if index in segment_starts else sentence_gap)
+            pcms.append(await self._piece_pcm(record, document, index, piece))
+        words = [await self._piece_words(piece) for piece in pieces]
         key = output_key(record.id)
-        if not await self._speech.cache.put(key, wav):
-            raise RuntimeError("the joined audio could not be stored durably")
-        segments = [
-            {
-                "kind": segment.kind,
-                "text_start": segment.start,
-                "text_end": segment.end,
-                "start_s": round(starts[segment.first], 3),
-                "end_s": round(ends[segment.first + segment.count - 1], 3),
-            }
-            for segment in document.segments
-        ]
+        starts, ends, timed = await self._store_span(key, rate, pcms, gaps, words, 0, len(pieces))
+        segments = []
+        for number, segment in enumerate(document.segments):
+            last = segment.first + segment.count
+            await self._store_span(
+                segment_key(record.id, number), rate, pcms, gaps, words, segment.first, last
+            )
+            segments.append(
+                {
+                    "kind": segment.kind,
+                    "text_start": segment.start,
+                    "text_end": segment.end,
+                    "start_s": round(starts[segment.first], 3),
+                    "end_s": round(ends[last - 1], 3),
+                    "key": segment_key(record.id, number),
+                }
+            )
+        position = sum(len(gap) + len(pcm) for gap, pcm in zip(gaps, pcms, strict=True))
         return {
             "key": key,
             "duration_s": round(duration_s(rate, position), 3),
             "sample_rate": rate,
             "segments": segments,
+            "captions": timed,
         }
+
+    async def _piece_words(self, piece: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """A sentence's stored word timings (None where its voice gives none)."""
+        return None if piece["key"] is None else await self._speech.words(piece["key"])
+
+    async def _store_span(
+        self,
+        key: str,
+        rate: int,
+        pcms: list[bytes],
+        gaps: list[bytes],
+        words: list[list[dict[str, Any]] | None],
+        first: int,
+        end: int,
+    ) -> tuple[list[float], list[float], bool]:
+        """Store pieces [first, end) as one WAV under `key` (and their words, shifted to its
+        time line, where every piece has them); each piece's start and end in it."""
+        chunks: list[bytes] = []
+        starts: list[float] = []
+        ends: list[float] = []
+        shifted: list[dict[str, Any]] = []
+        position = 0
+        for index in range(first, end):
+            if index > first and gaps[index]:
+                chunks.append(gaps[index])
+                position += len(gaps[index])
+            offset = duration_s(rate, position)
+            starts.append(offset)
+            # Character offsets stay those of the sentence: a job's captions need words and times.
+            shifted += [
+                {**word, "start_s": word["start_s"] + offset, "end_s": word["end_s"] + offset}
+                for word in words[index] or []
+            ]
+            chunks.append(pcms[index])
+            position += len(pcms[index])
+            ends.append(duration_s(rate, position))
+        if not await self._speech.cache.put(key, wav_bytes(rate, b"".join(chunks))):
+            raise RuntimeError("the joined audio could not be stored durably")
+        timed = all(words[index] is not None for index in range(first, end))
+        if timed:
+            await self._speech.cache.put(key, json.dumps(shifted).encode(), WORDS_SUFFIX)
+        # Indexed by piece number, as the caller's segments are.
+        return [0.0] * first + starts, [0.0] * first + ends, timed
 
     async def _finish(self, job_id: str, status: str, **details: Any) -> None:
         if await self._store.finish(job_id, status, self._settings.jobs.ttl_s, **details):

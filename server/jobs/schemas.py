@@ -63,7 +63,7 @@ class JobSegment(Model):
     text_end: int = Field(ge=0, description="Offset after its last character")
     start_s: float = Field(ge=0)
     end_s: float = Field(ge=0)
-    audio_url: str = Field(description="The job's audio with a media fragment (#t=start,end) for this span")
+    audio_url: str = Field(description="This segment's own audio, in the job's format")
 
 
 class JobOutput(Model):
@@ -73,7 +73,8 @@ class JobOutput(Model):
     sample_rate: int = Field(ge=1)
     segments: list[JobSegment]
     captions: dict[str, str] = Field(
-        default_factory=dict, description="Caption URLs by format, where word timings exist (none yet)"
+        default_factory=dict,
+        description="Caption URLs (vtt, srt) of the job's audio, where its voice gives word timings",
     )
 
 

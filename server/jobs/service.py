@@ -33,7 +33,7 @@ from server.errors import (
 )
 from server.jobs import store as states
 from server.jobs.queue import JobQueues, redis_client
-from server.jobs.runner import JobRunner, output_key
+from server.jobs.runner import JobRunner, output_key, segment_key
 from server.jobs.schemas import Job, JobFields, JobOutput, JobProgress, JobSegment
 from server.jobs.store import JobStore, Record, body_hash, new_job_id, unavailable
 from server.jobs.webhooks import Sender, WebhookRefused
@@ -271,7 +271,7 @@ class JobService:
         if not record.terminal:
             await self.store.request_cancel(job_id)
             await self.queues.abort(job_id)
-        await self._cache.delete(output_key(job_id))
+        await self._delete_audio(record)
         await self.store.delete(record)
         await self.queues.forget(job_id)
 
@@ -324,15 +324,23 @@ class JobService:
         base = self._settings.server.public_url.rstrip("/") or record.request.get("base", "")
         path = f"/audio/{output['key']}.{record.request.get('format', 'wav')}"
         url = f"{base}{path}"
+        extension = record.request.get("format", "wav")
+        segments = []
+        for segment in output["segments"]:
+            fields = {name: value for name, value in segment.items() if name != "key"}
+            segments.append(JobSegment(**fields, audio_url=f"{base}/audio/{segment['key']}.{extension}"))
+        captions = (
+            {kind: f"{base}/audio/{output['key']}.{kind}" for kind in ("vtt", "srt")}
+            if output.get("captions")
+            else {}
+        )
         return JobOutput(
             audio_url=url,
             audio_path=path,
             duration_s=output["duration_s"],
             sample_rate=output["sample_rate"],
-            segments=[
-                JobSegment(**segment, audio_url=f"{url}#t={segment['start_s']},{segment['end_s']}")
-                for segment in output["segments"]
-            ],
+            segments=segments,
+            captions=captions,
         )
 
     # -- ends: webhooks and expiry -------------------------------------------------------------------
@@ -373,13 +381,21 @@ class JobService:
             raise RuntimeError(f"webhook answered {status}")
         log.info("webhook {} delivered", event)
 
+    async def _delete_audio(self, record: Record) -> None:
+        """The joined audio and each segment's, with their word timings and renditions."""
+        segments = len((record.output or {}).get("segments", []))
+        keys = [output_key(record.id), *(segment_key(record.id, n) for n in range(segments))]
+        await asyncio.gather(*(self._cache.delete(key) for key in keys))
+
     async def expire_due(self) -> int:
         """Expire every finished job past its lifetime: its audio deleted, its record marked."""
         expired = 0
         for job_id in await self.store.due(time.time()):
             if not await self.store.take_due(job_id):
                 continue  # another worker took it
-            await self._cache.delete(output_key(job_id))
+            record = await self.store.get(job_id)
+            if record is not None:
+                await self._delete_audio(record)
             await self.store.expire(job_id, self._settings.jobs.idempotency_ttl_s)
             self._metrics.jobs.labels(states.EXPIRED).inc()
             expired += 1
