@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
+from cachetools import LRUCache
 from loguru import logger
 
 from server.audio.pcm import duration_s, parse_wav, silence, to_pcm16, wav_bytes
@@ -60,6 +61,9 @@ STARTUP_WAIT_S: Final = 30.0
 # Added to every deadline of a background flight (a job's sentence): any interactive job, whose
 # deadline is near the present, sorts first, so a stream's first window never waits behind one.
 BACKGROUND_DELAY_S: Final = 1e6
+# Characters of documents whose text plans are kept: a repeated text (every cache hit) skips the
+# front-end (pysbd, normalization) and its hop to the text thread, which the hit path measured.
+PLAN_MEMO_CHARS: Final = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,11 @@ class SpeechService:
     ) -> None:
         self._settings = settings
         self._front = front_end(settings, text or TextSettings())
+        # Plans are frozen values of (document, format, espeak voice) under fixed front-end
+        # settings; only the IOLoop's thread reads and fills this, so it needs no lock.
+        self._plans: LRUCache[tuple[str, str, str], TextPlan] = LRUCache(
+            maxsize=PLAN_MEMO_CHARS, getsizeof=lambda plan: 256 + sum(len(s.text) for s in plan.segments)
+        )
         self._limiter = limiter
         self._lock_ttl_s = lock_ttl_s
         self.catalog = catalog
@@ -320,10 +329,19 @@ class SpeechService:
         except KeyError:
             raise InvalidRequest(f"unknown speaker {request.speaker!r} for voice {voice.voice_id}") from None
         length_scale = request.length_scale * voice.length_scale  # the voice's own rate, then the speed
-        loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(
-            self._text_pool, plan_text, request.source, request.text_format, voice.espeak_voice, self._front
-        )
+        memo = (request.source, request.text_format.value, voice.espeak_voice)
+        plan = self._plans.get(memo)
+        if plan is None:
+            plan = await asyncio.get_running_loop().run_in_executor(
+                self._text_pool,
+                plan_text,
+                request.source,
+                request.text_format,
+                voice.espeak_voice,
+                self._front,
+            )
+            with contextlib.suppress(ValueError):  # a document larger than the whole memo
+                self._plans[memo] = plan
         if not plan.spoken.strip():
             raise InvalidRequest("text has nothing to speak", param="text")
         voices = self._switched_voices(voice, plan)
