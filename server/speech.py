@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -576,11 +577,25 @@ class SpeechService:
         its audio is made, so a stream can send the words before their audio)."""
         frames = flight.sentences[-1]
         spans = voice.phoneme_frames(utterance.phonemes, frames.frames)
+        said: dict[tuple[int, int], list[int]] = {}
         for owner, span in zip(owners, spans, strict=True):
             if owner is None or span is None:
                 continue
             first, end = (frames.start_sample + frame * frames.hop for frame in span)
-            found = flight.word_samples.setdefault((segment, owner), [first, end])
+            found = said.setdefault((segment, owner), [first, end])
+            found[0], found[1] = min(found[0], first), max(found[1], end)
+        # The words tile the utterance: a word lasts until the next one starts (the pause of a
+        # comma, the space between words belong to the word before), the first starts with the
+        # utterance and the last ends with it. So words and the silences between utterances
+        # account for every sample, and a highlight never drops out between two words.
+        ordered = sorted(said.values())
+        if ordered:
+            ordered[0][0] = frames.start_sample
+            for word, following in itertools.pairwise(ordered):
+                word[1] = following[0]
+            ordered[-1][1] = frames.start_sample + sum(frames.frames) * frames.hop
+        for key, (first, end) in said.items():
+            found = flight.word_samples.setdefault(key, [first, end])
             found[0], found[1] = min(found[0], first), max(found[1], end)
         if flight.plan is not None:
             flight.words = word_timings(flight.word_samples, flight.sample_rate, flight.plan, partial=True)

@@ -9,6 +9,7 @@ word with its seconds and offsets. Pure apart from espeak (blocking: the text th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -120,10 +121,15 @@ def word_timings(
             timings.append(
                 {
                     "word": word.text,
-                    "start_s": round(first / rate, 4),
-                    "end_s": round(end / rate, 4),
+                    "start_s": _seconds(first, rate),
+                    "end_s": _seconds(end, rate),
                     "char_start": word.start,
                     "char_end": word.end,
                 }
             )
     return timings
+
+
+def _seconds(sample: int, rate: int) -> float:
+    """A sample's time cut (not rounded) to 0.1 ms: no word ends after the audio does."""
+    return math.floor(sample * 10_000 / rate) / 10_000

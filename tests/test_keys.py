@@ -28,7 +28,7 @@ BASE = KeyParts(
 )
 # Pinned on purpose: if this changes, every cached file and Redis entry is orphaned, so a change
 # must be deliberate (and bump AUDIO_FORMAT_VERSION when the audio bytes change).
-BASE_KEY = "eb1a04ab196c2b431c19e9f8b2015bd791e28421f8aa6053b9ee79484cbd8a80"
+BASE_KEY = "9b1dba80bab29ba55d589486f47e0506c7552828128d474727aad404d676369e"
 
 
 def key_for_text(text: str) -> str:

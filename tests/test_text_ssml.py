@@ -87,6 +87,18 @@ def test_prosody_rate_scales_the_speaking_rate(rate, factor):
     assert [(s.text, s.rate) for s in segments] == [("Normal.", 1.0), ("Changed.", factor)]
 
 
+def test_a_rate_change_inside_a_sentence_adds_no_pause_and_one_after_a_sentence_does():
+    paused = FrontEnd(Pauses(sentence_s=0.25, paragraph_s=0.5))
+    document = '<speak>Wait for it, <prosody rate="fast">then go. And</prosody> stop.</speak>'
+    segments = plan_text(document, TextFormat.SSML, "en-us", paused).segments
+    assert [(s.text, s.pause_s) for s in segments] == [
+        ("Wait for it,", 0.0),
+        ("then go.", 0.25),
+        ("And", 0.0),
+        ("stop.", 0.5),
+    ]
+
+
 def test_sub_reads_its_alias():
     assert said('<sub alias="World Wide Web">WWW</sub> rules.') == [("World Wide Web rules.", 0.3)]
 

@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import wave
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_a_break_falls_between_the_words_around_it(broken):
     after = meta["words"][-2]
     assert before["end_s"] <= start + BREAK_TOLERANCE_S
     assert end <= after["start_s"] + BREAK_TOLERANCE_S
-    assert after["start_s"] - before["end_s"] >= 0.8
+    assert after["start_s"] - before["end_s"] >= 0.8 - 1e-4  # times are rounded to 0.1 ms
 
 
 def test_timings_are_in_order_and_inside_the_audio(broken):
@@ -68,6 +69,39 @@ def test_timings_are_in_order_and_inside_the_audio(broken):
     assert all(start <= end for start, end in times)
     assert all(a[1] <= b[0] + 1e-9 for a, b in itertools.pairwise(times))
     assert times[-1][1] <= len(pcm) / SAMPLE_RATE
+
+
+SENTENCE_S, PARAGRAPH_S = 0.25, 0.5
+
+
+@pytest.fixture(scope="module")
+def paused(tmp_path_factory, redis_server) -> Iterator[ServerProcess]:
+    """A server that adds silence after every sentence as well as after paragraphs."""
+    env = {
+        "TTS__REDIS__URL": redis_server.url,
+        "TTS__SYNTHESIS__SENTENCE_SILENCE_S": str(SENTENCE_S),
+        "TTS__SYNTHESIS__PARAGRAPH_SILENCE_S": str(PARAGRAPH_S),
+    }
+    proc = ServerProcess(tmp_path_factory.mktemp("paused"), env).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.7])
+def test_words_sentence_silences_and_breaks_account_for_the_audio_length(paused, speed):
+    tag = unique_text("Then").removesuffix(".")
+    text = (
+        "<speak><p>Good morning, dear friends. How are you today?</p>"
+        f'<p>Wait <break time="800ms"/> for it, <prosody rate="150%">{tag} go.</prosody></p></speak>'
+    )
+    meta, pcm = timed(paused, text=text, text_format="ssml", speed=speed)
+    # After the first sentence its silence, after the first paragraph the paragraph's, the break
+    # its own; a change of rate inside a sentence adds none, and the document's end none.
+    added_s = SENTENCE_S + PARAGRAPH_S + 0.8
+    words_s = sum(w["end_s"] - w["start_s"] for w in meta["words"])
+    assert abs(words_s + added_s - len(pcm) / SAMPLE_RATE) <= FRAME_S
+    assert meta["words"][0]["start_s"] == 0.0
+    assert meta["words"][-1]["end_s"] == pytest.approx(len(pcm) / SAMPLE_RATE, abs=1e-4)
 
 
 def test_speed_scales_the_times(server):
@@ -147,7 +181,8 @@ def test_sse_sends_words_never_after_their_audio_and_ends_with_done(server):
     words = []
     for name, data in stream:
         if name == "words":
-            assert all(word["start_s"] >= sent_s for word in data["words"])
+            # start_s is rounded to 0.1 ms; a sentence's first word starts right where it does.
+            assert all(word["start_s"] >= sent_s - 1e-4 for word in data["words"])
             words.extend(data["words"])
         elif name == "audio":
             sent_s += len(base64.b64decode(data["audio"])) / 2 / SAMPLE_RATE

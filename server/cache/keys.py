@@ -11,7 +11,9 @@ from typing import Final
 # Bump when the bytes produced for the same inputs change (framing, fades, chunking rules).
 # 2: Piper's pad after BOS, whole sentences as utterances, windowed synthesis.
 # 3: the text front-end (formats, pysbd sentences, normalization, Piper's sentence pauses).
-AUDIO_FORMAT_VERSION: Final = 3
+# 4: no pause where a voice or rate changes inside a sentence; word timings (stored beside the
+#    audio) tile each utterance.
+AUDIO_FORMAT_VERSION: Final = 4
 KEY_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 
 

@@ -23,6 +23,8 @@ from server.text.words import written_words
 
 # Where pysbd has no rules for a language: a sentence ends at . ! ? followed by a space.
 _FALLBACK_END: Final = re.compile(r"(?<=[.!?…。！？])\s+")
+# A sentence's last characters when it is complete: an end mark, then closing quotes or brackets.
+_ENDED: Final = re.compile(r"[.!?…。！？][\"'”’)\]]*\s*$")
 # An atomic piece (phonemes, inline code, say-as words) stands in the text pysbd sees as one
 # neutral word of its length, so no sentence ends inside it.
 _PLACEHOLDER: Final = "x"
@@ -178,6 +180,9 @@ def segment(
                 _set_pause(block_segments, pause)
             elif ends_sentence:
                 _set_pause(block_segments, pauses.sentence_s)
+            elif pieces and block_segments and not _ENDED.search(block_segments[-1].text):
+                # A change of voice or rate inside a sentence: the sentence goes on, unpaused.
+                _set_pause(block_segments, 0.0)
         if block_segments and not _explicit(block):
             _set_pause(block_segments, max(block_segments[-1].pause_s, pauses.paragraph_s))
         segments.extend(block_segments)
