@@ -389,14 +389,22 @@ def test_a_stream_with_no_text_still_ends_with_audio_stop_and_stopped(server):
     assert types(events) == ["audio-start", "audio-stop", "synthesize-stopped"]
 
 
-def test_sentences_complete_only_once_the_next_one_starts():
-    assert split_sentences("Hello world. How a") == (["Hello world."], "How a")
-    assert split_sentences("Hello world. ") == ([], "Hello world. ")
-    assert split_sentences('He said "hi." Then e.g. this! And') == (
-        ['He said "hi."', "Then e.g. this!"],
-        "And",
-    )
-    assert split_sentences("A list\n\nand more") == (["A list"], "and more")
+@pytest.mark.parametrize(
+    ("text", "complete", "rest"),
+    [
+        ("Hello world. How a", ["Hello world."], "How a"),
+        ("Hello world. ", [], "Hello world. "),
+        ('He said "hi." Then e.g. this! And', ['He said "hi."', "Then e.g. this!"], "And"),
+        ("A list\n\nand more", ["A list"], "and more"),
+        ("Dr. Smith came. He", ["Dr. Smith came."], "He"),
+        ("It is 3.", [], "It is 3."),
+        ("It is 3.14 today. So", ["It is 3.14 today."], "So"),
+        ("  no end yet", [], "no end yet"),
+    ],
+)
+def test_sentences_complete_only_once_the_next_one_starts(text, complete, rest):
+    # The same segmenter as /tts: abbreviations, initials and decimals end no sentence.
+    assert split_sentences(text, "en-us") == (complete, rest)
 
 
 # -- robustness ------------------------------------------------------------------------------

@@ -249,7 +249,8 @@ class Connection(AsyncEventHandler):
         """Queue every sentence the streamed text now completes; keep the unfinished rest."""
         assert self._session is not None
         voice, speaker = self._session
-        sentences, rest = split_sentences(self._session_text + text)
+        espeak_voice = self._services.catalog.get(voice).espeak_voice
+        sentences, rest = split_sentences(self._session_text + text, espeak_voice)
         limit = self._services.settings.synthesis.max_text_chars
         if len(rest) > limit:
             # No sentence end in sight: speak up to the last word break rather than grow forever.
