@@ -8,7 +8,7 @@ and `render()` sums them.
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,6 +28,9 @@ RTF_BUCKETS: Final = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
 
 class Metrics:
     def __init__(self) -> None:
+        # Each (route, status)'s children, kept: `labels()` validates and looks them up under a
+        # lock on every call, and every request is counted.
+        self._answered: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._registry = CollectorRegistry(auto_describe=True)
         r = self._registry
         self.requests = Counter(
@@ -141,6 +144,15 @@ class Metrics:
             "Time spent on job sentences (sentences per second = sentences_total / this).",
             registry=r,
         )
+
+    def answered(self, route: str, status: int, seconds: float) -> None:
+        """One request answered: counted by route and status, its latency by route."""
+        children = self._answered.get((route, status))
+        if children is None:
+            children = self.requests.labels(route, str(status)), self.latency.labels(route)
+            self._answered[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

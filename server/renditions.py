@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 
 from server.audio.encode import Bitrates, Encoder, encode_file
 from server.audio.formats import WAV, Rendition, rendition_suffixes
-from server.audio.pcm import parse_wav
+from server.audio.pcm import duration_s, parse_wav
 from server.cache.keys import is_key
 from server.cache.tiers import MISS, TieredCache
 from server.errors import NotFound
@@ -80,8 +80,11 @@ class Renditions:
         """The audio for `/tts`, stored where a URL reaches it, with its rate and duration."""
         audio = await self._speech.synthesize(request, client)
         found = await self._from_wav(audio, rendition)
-        rate = rendition.sample_rate(audio.sample_rate)
-        return RenderedAudio(found.key, found.data, found.tier, rendition, rate, audio.duration_s)
+        voice_rate, pcm = parse_wav(audio.wav)  # one parse for both figures (on every /tts hit)
+        seconds = duration_s(voice_rate, len(pcm))
+        return RenderedAudio(
+            found.key, found.data, found.tier, rendition, rendition.sample_rate(voice_rate), seconds
+        )
 
     async def stored(self, key: str, rendition: Rendition) -> RenderedAudio:
         """A stored rendition by key (for `/audio/{key}.{ext}`): a hit, or encoded from its WAV."""

@@ -65,6 +65,9 @@ BACKGROUND_DELAY_S: Final = 1e6
 # Characters of documents whose text plans are kept: a repeated text (every cache hit) skips the
 # front-end (pysbd, normalization) and its hop to the text thread, which the hit path measured.
 PLAN_MEMO_CHARS: Final = 1_000_000
+# Characters of requests whose resolution (voices, plan, key) is kept: a repeated request (every
+# cache hit) then costs a lookup instead of the plan checks and the key's JSON and sha256.
+RESOLVED_MEMO_CHARS: Final = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,13 @@ class SpeechService:
         self._plans: LRUCache[tuple[str, str, str], TextPlan] = LRUCache(
             maxsize=PLAN_MEMO_CHARS, getsizeof=lambda plan: 256 + sum(len(s.text) for s in plan.segments)
         )
+        # A request's resolution is a function of the request, the frozen settings and the voices
+        # it names; an entry is used only while the catalog still holds those very voices. Sized
+        # by its text twice: the request's (in the memo's key) and the plan's.
+        self._resolved: LRUCache[tuple[Any, ...], _Resolved] = LRUCache(
+            maxsize=RESOLVED_MEMO_CHARS,
+            getsizeof=lambda memo: 256 + 2 * sum(len(s.text) for s in memo.plan.segments),
+        )
         self._limiter = limiter
         self._lock_ttl_s = lock_ttl_s
         self.catalog = catalog
@@ -325,6 +335,23 @@ class SpeechService:
     async def _resolve(self, request: SpeechRequest) -> _Resolved:
         await self._until_ready()
         voice = self.catalog.get(request.voice)
+        # The numbers' types too: the key writes 1 and 1.0 differently, and the two are equal.
+        memo = (request, type(request.length_scale), type(request.volume))
+        known = self._resolved.get(memo)
+        if known is not None and known.voice is voice and self._same_voices(known.voices):
+            return known
+        resolved = await self._resolve_anew(request, voice)
+        with contextlib.suppress(ValueError):  # a document larger than the whole memo
+            self._resolved[memo] = resolved
+        return resolved
+
+    def _same_voices(self, voices: dict[str, Voice]) -> bool:
+        try:
+            return all(self.catalog.get(name) is voice for name, voice in voices.items())
+        except TTSError:  # a voice the document switches to is gone: resolve again, and fail there
+            return False
+
+    async def _resolve_anew(self, request: SpeechRequest, voice: Voice) -> _Resolved:
         try:
             speaker_id = voice.speaker_id(request.speaker)
         except KeyError:

@@ -9,6 +9,7 @@ import re
 import socket
 import time
 import wave
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -285,6 +286,14 @@ def test_audio_etag_revalidates_with_304(server, stored):
     assert resp.status == 304
     assert resp.body == b""
     assert resp.headers["ETag"] == etag
+
+
+def test_audio_etag_names_the_crc32_of_the_bytes_served_on_every_hit(server, stored):
+    key, wav = stored
+    for _ in range(3):  # the first may come from any tier; the next from L1, which remembers it
+        resp = server.get(f"/audio/{key}.wav")
+        assert resp.body == wav
+        assert resp.headers["ETag"] == f'"{key[:32]}-wav-{zlib.crc32(wav):08x}"'
 
 
 def test_audio_with_another_etag_is_sent_in_full(server, stored):

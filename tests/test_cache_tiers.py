@@ -7,7 +7,9 @@ tier the test means: Redis shared with another process, or a storage directory i
 from __future__ import annotations
 
 import time
+import zlib
 
+from server.cache.memory import MemoryCache
 from tests.conftest import ServerProcess, query, unique_text
 
 # A request with Redis down must not wait on it for long (0.25 s timeouts, then the breaker); a
@@ -30,6 +32,17 @@ def timed_tts(server: ServerProcess, text: str) -> tuple[dict, float]:
 
 def redis_keys(redis) -> set[str]:
     return {key.decode() for key in redis.client().keys("tts:*")}
+
+
+def test_l1_checksum_is_the_crc32_of_the_bytes_given_whatever_l1_holds():
+    memory = MemoryCache(1 << 20)
+    memory.put("k.wav", b"first")
+    held = memory.get("k.wav")
+    assert memory.checksum("k.wav", held) == memory.checksum("k.wav", held) == zlib.crc32(b"first")
+    assert memory.checksum("k.wav", b"other") == zlib.crc32(b"other")
+    memory.put("k.wav", b"replaced")
+    assert memory.checksum("k.wav", memory.get("k.wav")) == zlib.crc32(b"replaced")
+    assert MemoryCache(0).checksum("k.wav", b"off") == zlib.crc32(b"off")
 
 
 def test_first_request_is_a_miss_then_l1(server):

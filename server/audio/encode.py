@@ -10,7 +10,8 @@ Input is always cut into the codec's own frame size before it reaches the codec,
 not depend on how the PCM was chunked: a live stream and a file encoded from the cached WAV are the
 same bytes for every format whose `stream_is_file` is true. Calls are blocking (tens of
 microseconds to a few milliseconds a chunk): callers run them on an executor, one call at a time
-per encoder.
+per encoder. PyAV is imported by the first encoder that needs a codec or the resampler, not with
+this module: a worker that only serves WAV at the voice's rate never loads FFmpeg (about 18 MiB).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import contextlib
 import io
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import av
 import numpy as np
 
 from server.audio.formats import WAV, AudioFormat
 from server.audio.pcm import wav_header
+
+if TYPE_CHECKING:
+    import av
 
 LAYOUT: Final = "mono"
 # The sample format each encoder takes (PyAV names); PCM and WAV leave resampling at s16.
@@ -154,6 +157,8 @@ class Encoder:
     def close(self) -> None:
         """Release FFmpeg's objects without flushing (the client went away)."""
         if self._container is not None and not self._finished:
+            import av
+
             # A half-written container may not close cleanly; it is dropped either way.
             with contextlib.suppress(av.FFmpegError, OSError, ValueError):
                 self._container.close()
@@ -162,6 +167,8 @@ class Encoder:
     # -- internals -------------------------------------------------------------------------
 
     def _open(self) -> None:
+        import av
+
         codec = self.format.codec
         assert codec is not None and self.format.container is not None
         options = {"fflags": "+bitexact", **MUXER_OPTIONS.get(self.format.container, {})}
@@ -192,6 +199,8 @@ class Encoder:
         if self.rate == self.in_rate:
             return pcm or b""
         if self._resampler is None:
+            import av
+
             self._resampler = av.AudioResampler(format="s16", layout=LAYOUT, rate=self.rate)
         return b"".join(frame.to_ndarray().astype("<i2").tobytes() for frame in self._frames(pcm))
 
@@ -218,6 +227,8 @@ class Encoder:
 
 
 def _frame(pcm: bytes, rate: int) -> av.AudioFrame:
+    import av
+
     samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
     frame = av.AudioFrame.from_ndarray(samples, format="s16", layout=LAYOUT)
     frame.sample_rate = rate

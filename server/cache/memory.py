@@ -1,23 +1,47 @@
-"""L1: an in-process LRU of WAV bytes bounded by their total size."""
+"""L1: an in-process LRU of WAV bytes bounded by their total size.
+
+Each entry also remembers the CRC-32 of its bytes once asked (`/audio` ETags are made from it), so
+a file served again and again from L1 is not read through on every request to name it.
+"""
 
 from __future__ import annotations
+
+import zlib
 
 from cachetools import LRUCache
 
 
+class _Entry:
+    __slots__ = ("crc32", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.crc32: int | None = None
+
+
 class MemoryCache:
     def __init__(self, max_bytes: int) -> None:
-        self._lru: LRUCache[str, bytes] | None = (
-            LRUCache(maxsize=max_bytes, getsizeof=len) if max_bytes > 0 else None
+        self._lru: LRUCache[str, _Entry] | None = (
+            LRUCache(maxsize=max_bytes, getsizeof=lambda entry: len(entry.data)) if max_bytes > 0 else None
         )
 
     def get(self, key: str) -> bytes | None:
-        return None if self._lru is None else self._lru.get(key)
+        entry = None if self._lru is None else self._lru.get(key)
+        return None if entry is None else entry.data
 
     def put(self, key: str, value: bytes) -> None:
         if self._lru is None or len(value) > self._lru.maxsize:
             return  # larger than the whole cache: serve it from L2 or disk instead
-        self._lru[key] = value
+        self._lru[key] = _Entry(value)
+
+    def checksum(self, key: str, data: bytes) -> int:
+        """`zlib.crc32(data)`, computed once per entry when `data` is the very bytes L1 holds."""
+        entry = None if self._lru is None else self._lru.get(key)
+        if entry is None or entry.data is not data:
+            return zlib.crc32(data)
+        if entry.crc32 is None:
+            entry.crc32 = zlib.crc32(data)
+        return entry.crc32
 
     def delete(self, key: str) -> None:
         if self._lru is not None:

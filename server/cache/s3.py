@@ -5,7 +5,8 @@ It holds opaque named entries (`KEY.wav`, and any other `KEY.ext` a tier is give
 answers "miss" or "not stored" on failure and never raises, with explicit timeouts, no retries and
 a circuit breaker, so an outage of the store costs each request at most one timeout.
 Credentials come only from the AWS chain (environment, shared files, instance or pod identity);
-signing is botocore's.
+signing is botocore's, whose client is imported on the first call: a worker without a store
+configured never loads aiobotocore (about 30 MiB).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from aiobotocore.session import get_session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from loguru import logger
 
@@ -76,6 +75,9 @@ class ObjectStore:
 
     async def _s3(self) -> Any:
         if self._client is None:
+            from aiobotocore.session import get_session
+            from botocore.config import Config
+
             s = self._settings
             config = Config(
                 connect_timeout=s.timeout_s,

@@ -106,6 +106,10 @@ class TieredCache:
                 return Hit(data, STORE)
         return None
 
+    def checksum(self, key: str, data: bytes, suffix: str = WAV_SUFFIX) -> int:
+        """`zlib.crc32(data)` of an entry's bytes, remembered by L1 while it holds these very bytes."""
+        return self.memory.checksum(entry_name(key, suffix), data)
+
     async def _fill_from_store(self, name: str, data: bytes) -> None:
         await asyncio.gather(self.redis.put(name, data), self.disk.put(name, data))
 

@@ -6,7 +6,6 @@ A format that is not stored yet is encoded once from the key's WAV (and stored b
 from __future__ import annotations
 
 import re
-import zlib
 from typing import Final
 
 from server.audio.formats import BY_EXTENSION, FORMATS, Rendition
@@ -116,10 +115,11 @@ class AudioHandler(BaseHandler):
         audio_format = BY_EXTENSION.get(ext)
         if audio_format is None:
             raise NotFound("no such audio")
-        audio = await self.services.renditions.stored(key, Rendition(audio_format))
+        rendition = Rendition(audio_format)
+        audio = await self.services.renditions.stored(key, rendition)
         self.cache_tier = audio.tier
         data = audio.data
-        etag = f'"{key[:32]}-{ext}-{zlib.crc32(data):08x}"'
+        etag = f'"{key[:32]}-{ext}-{self.services.cache.checksum(key, data, rendition.suffix):08x}"'
         self.set_header("Content-Type", audio_format.content_type)
         self.set_header("ETag", etag)
         self.set_header("Accept-Ranges", "bytes")

@@ -92,9 +92,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.services.lifecycle.in_flight -= 1
         elapsed = time.perf_counter() - self.started
         status = self.get_status()
-        metrics = self.services.metrics
-        metrics.requests.labels(self.route, str(status)).inc()
-        metrics.latency.labels(self.route).observe(elapsed)
+        self.services.metrics.answered(self.route, status, elapsed)
         fields = {
             "request_id": self.request_id,
             "method": self.request.method,

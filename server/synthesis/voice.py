@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,8 +357,18 @@ def _make_session(model: bytes, options: RuntimeOptions) -> ort.InferenceSession
             providers = [(CUDA, options.cuda_provider_options()), CPU]
         elif options.provider == "cuda":
             logger.warning("CUDA requested but onnxruntime offers only {}", ort.get_available_providers())
-    if providers == [CPU]:
-        # Measured on the CPU only; a CUDA session keeps onnxruntime's default until it is
-        # measured on a GPU.
-        session_options.enable_mem_pattern = options.mem_pattern
-    return ort.InferenceSession(model, sess_options=session_options, providers=providers)
+    if providers != [CPU]:
+        return ort.InferenceSession(model, sess_options=session_options, providers=providers)
+    # Measured on the CPU only; a CUDA session keeps onnxruntime's default until it is measured
+    # on a GPU.
+    session_options.enable_mem_pattern = options.mem_pattern
+    # onnxruntime's Python session keeps the bytes it was made from for its whole life (to remake
+    # itself on the CPU after a CUDA failure), a second copy of the weights: 60 MB a voice. Made
+    # from a file it keeps only the name; a CPU session has nothing to fall back to, so the file
+    # goes at once.
+    with tempfile.TemporaryDirectory(prefix="tts-voice-") as folder:
+        path = Path(folder) / "graph.onnx"
+        path.write_bytes(model)
+        session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
+    session.disable_fallback()
+    return session
