@@ -109,7 +109,7 @@ def submit(server: ServerProcess, body: dict[str, Any], who=AS_A, headers=None):
 
 
 def test_a_document_splits_into_sentences_normalized_like_tts():
-    document = split_document('# Title\n\nOne  sentence.\tTwo? "Three!" Four\n\n\n  Last line.  ')
+    document = split_document('# Title\n\nOne  sentence.\tTwo? "Three!" Four\n\n\n  Last line.  ', "en")
     assert document.sentences == ("Title", "One sentence.", "Two?", '"Three!"', "Four", "Last line.")
     assert [(s.kind, s.first, s.count) for s in document.segments] == [
         ("heading", 0, 1),
@@ -118,9 +118,19 @@ def test_a_document_splits_into_sentences_normalized_like_tts():
     ]
 
 
+def test_abbreviations_initials_and_decimals_end_no_sentence():
+    text = "Dr. Smith paid 3.14 dollars, e.g. this much. J. R. R. Tolkien wrote it. Done."
+    document = split_document(text, "en")
+    assert document.sentences == (
+        "Dr. Smith paid 3.14 dollars, e.g. this much.",
+        "J. R. R. Tolkien wrote it.",
+        "Done.",
+    )
+
+
 def test_a_run_without_sentence_ends_is_cut_at_a_space():
     words = " ".join(["word"] * 300)  # 1,499 characters, no full stop
-    pieces = split_sentences(words, max_chars=400)
+    pieces = split_sentences(words, "en", max_chars=400)
     assert all(len(piece) <= 400 for piece in pieces)
     assert " ".join(pieces) == words
 

@@ -1,9 +1,11 @@
-"""A long document as the sentences a job speaks one by one, grouped into segments.
+"""A long document as the requests a job speaks one by one, grouped into segments.
 
-A segment is a paragraph (lines between blank lines) or a markdown heading line (`# Title`); each
-keeps its span in the submitted text so a client can match the audio's segments to its source.
-Each sentence is normalized exactly as `/tts` normalizes text, so a sentence of a job and the same
-sentence sent to `/tts` share one cache key (and one synthesis).
+A segment is a paragraph (lines between blank lines) or a heading line (`# Title`); each keeps
+its span in the submitted text so a client can match the audio's segments to its source. Its
+sentences are found by the text front-end's segmenter (pysbd, in the voice's language), so "Dr.
+Smith", "e.g. this" or "3.14" end no sentence in a job either; each is normalized exactly as
+`/tts` normalizes text, so a sentence of a job and the same sentence sent to `/tts` share one
+cache key (and one synthesis). Splitting is pure and blocking: the runner calls it in a thread.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from server.text.clean import normalize_text
+from server.text.sentences import sentence_spans
 
 MAX_SENTENCE_CHARS: Final = 400  # a longer run without a sentence end is cut at a space
 _BLOCK_BREAK: Final = re.compile(r"\n[ \t\r\f\v]*\n")
-_SENTENCE_END: Final = re.compile(r"[.!?…][\"'”’)\]]*(?=\s)")  # closing quotes stay with it
 _HEADING: Final = re.compile(r"#{1,6}[ \t]+")
+
+SegmentKind = Literal["paragraph", "heading"]
 
 
 @dataclass(frozen=True)
 class Segment:
     """A paragraph or heading: its span in the submitted text and its sentences."""
 
-    kind: Literal["paragraph", "heading"]
+    kind: SegmentKind
     start: int  # character offsets into the submitted text, end exclusive
     end: int
     first: int  # index of its first sentence in the document
@@ -37,20 +41,25 @@ class Document:
     segments: tuple[Segment, ...]
 
 
-def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
-    """Normalized text cut after sentence ends; a run longer than `max_chars` is cut at a space."""
-    sentences: list[str] = []
+def cut_long(piece: str, max_chars: int) -> list[str]:
+    """A run longer than `max_chars` cut at spaces (at a character where a word is longer)."""
+    pieces: list[str] = []
+    while len(piece) > max_chars:
+        cut = piece.rfind(" ", 0, max_chars + 1)
+        cut = cut if cut > max_chars // 4 else max_chars
+        pieces.append(piece[:cut].strip())
+        piece = piece[cut:].strip()
+    if piece:
+        pieces.append(piece)
+    return pieces
+
+
+def split_sentences(text: str, language: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
+    """Normalized text cut into the front-end's sentences; a run longer than `max_chars` is cut at a space."""
     text = normalize_text(text)
-    cuts = [match.end() for match in _SENTENCE_END.finditer(text)]
-    for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True):
-        piece = text[start:end].strip()
-        while len(piece) > max_chars:
-            cut = piece.rfind(" ", 0, max_chars + 1)
-            cut = cut if cut > max_chars // 4 else max_chars
-            sentences.append(piece[:cut].strip())
-            piece = piece[cut:].strip()
-        if piece:
-            sentences.append(piece)
+    sentences: list[str] = []
+    for start, end in sentence_spans(text, language):
+        sentences += cut_long(text[start:end].strip(), max_chars)
     return sentences
 
 
@@ -64,9 +73,9 @@ def _blocks(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _segments_of(text: str, start: int, end: int) -> list[tuple[Literal["paragraph", "heading"], int, int]]:
+def _segments_of(text: str, start: int, end: int) -> list[tuple[SegmentKind, int, int]]:
     """A block's heading lines, each on its own, and the runs of other lines between them."""
-    found: list[tuple[Literal["paragraph", "heading"], int, int]] = []
+    found: list[tuple[SegmentKind, int, int]] = []
     run_start: int | None = None
     position = start
     for line in text[start:end].splitlines(keepends=True):
@@ -84,7 +93,8 @@ def _segments_of(text: str, start: int, end: int) -> list[tuple[Literal["paragra
     return found
 
 
-def split_document(text: str, max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Document:
+def split_document(text: str, language: str, max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Document:
+    """A plain-text document's segments and sentences; `language` is the segmenter's (`en`)."""
     sentences: list[str] = []
     segments: list[Segment] = []
     for block_start, block_end in _blocks(text):
@@ -92,7 +102,7 @@ def split_document(text: str, max_sentence_chars: int = MAX_SENTENCE_CHARS) -> D
             source = text[start:end]
             if kind == "heading":
                 source = _HEADING.sub("", source.lstrip(), count=1)
-            spoken = split_sentences(source, max_sentence_chars)
+            spoken = split_sentences(source, language, max_sentence_chars)
             if not spoken:
                 continue
             # Trim the span to the text itself (no surrounding whitespace or newline).

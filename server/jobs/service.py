@@ -130,6 +130,7 @@ class JobService:
                 await task
         await self.queues.disconnect()
         self.sender.close()
+        self.runner.close()
 
     def report(self) -> dict[str, Any]:
         """The queue as /readyz shows it: state, and the counts the last sweep saw."""
