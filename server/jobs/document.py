@@ -1,57 +1,32 @@
 """A long document as the requests a job speaks one by one, grouped into segments.
 
-A segment is a paragraph (lines between blank lines) or a heading line (`# Title`); each keeps
-its span in the submitted text so a client can match the audio's segments to its source. Its
-sentences are found by the text front-end's segmenter (pysbd, in the voice's language), so "Dr.
-Smith", "e.g. this" or "3.14" end no sentence in a job either; each is normalized exactly as
-`/tts` normalizes text, so a sentence of a job and the same sentence sent to `/tts` share one
-cache key (and one synthesis). Splitting is pure and blocking: the runner calls it in a thread.
+Each piece is the text of one request `/tts` would accept in the job's text format, so a piece
+of a job and the same text sent to `/tts` with the same fields share one cache key (and one
+synthesis). Each segment keeps its span in the submitted text so a client can match the audio's
+segments to its source. Plain text (here): a segment is a paragraph (lines between blank lines) or
+a heading line (`# Title`), its pieces are its sentences, found by the text front-end's segmenter
+(pysbd, in the voice's language) so "Dr. Smith", "e.g. this" or "3.14" end none, normalized as
+`/tts` normalizes text. Markdown (`markdown.py`): a segment is a block, its pieces the markdown
+source of its sentences. SSML (`ssml.py`): a segment is a paragraph, and is one piece.
+Splitting is pure and blocking: the runner calls it in a thread.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
+from server.jobs.markdown import split_markdown
+from server.jobs.pieces import MAX_SENTENCE_CHARS, Document, Segment, SegmentKind, SplitRules, cut_spans
+from server.jobs.ssml import split_ssml
 from server.text.clean import normalize_text
 from server.text.sentences import sentence_spans
+from server.text.spans import TextFormat
 
-MAX_SENTENCE_CHARS: Final = 400  # a longer run without a sentence end is cut at a space
+__all__ = ["MAX_SENTENCE_CHARS", "Document", "Segment", "SplitRules", "split_document", "split_sentences"]
+
 _BLOCK_BREAK: Final = re.compile(r"\n[ \t\r\f\v]*\n")
 _HEADING: Final = re.compile(r"#{1,6}[ \t]+")
-
-SegmentKind = Literal["paragraph", "heading"]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A paragraph or heading: its span in the submitted text and its sentences."""
-
-    kind: SegmentKind
-    start: int  # character offsets into the submitted text, end exclusive
-    end: int
-    first: int  # index of its first sentence in the document
-    count: int  # how many sentences it has
-
-
-@dataclass(frozen=True)
-class Document:
-    sentences: tuple[str, ...]  # normalized, each one /tts request
-    segments: tuple[Segment, ...]
-
-
-def cut_long(piece: str, max_chars: int) -> list[str]:
-    """A run longer than `max_chars` cut at spaces (at a character where a word is longer)."""
-    pieces: list[str] = []
-    while len(piece) > max_chars:
-        cut = piece.rfind(" ", 0, max_chars + 1)
-        cut = cut if cut > max_chars // 4 else max_chars
-        pieces.append(piece[:cut].strip())
-        piece = piece[cut:].strip()
-    if piece:
-        pieces.append(piece)
-    return pieces
 
 
 def split_sentences(text: str, language: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
@@ -59,7 +34,7 @@ def split_sentences(text: str, language: str, max_chars: int = MAX_SENTENCE_CHAR
     text = normalize_text(text)
     sentences: list[str] = []
     for start, end in sentence_spans(text, language):
-        sentences += cut_long(text[start:end].strip(), max_chars)
+        sentences += [text[a:b] for a, b in cut_spans(text, start, end, max_chars)]
     return sentences
 
 
@@ -93,8 +68,17 @@ def _segments_of(text: str, start: int, end: int) -> list[tuple[SegmentKind, int
     return found
 
 
-def split_document(text: str, language: str, max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Document:
-    """A plain-text document's segments and sentences; `language` is the segmenter's (`en`)."""
+def split_document(text: str, text_format: TextFormat, rules: SplitRules) -> Document:
+    """A document's segments and pieces; malformed SSML raises the `InvalidRequest` /tts gives."""
+    if text_format is TextFormat.MARKDOWN:
+        return split_markdown(text, rules)
+    if text_format is TextFormat.SSML:
+        return split_ssml(text, rules)
+    return split_plain(text, rules)
+
+
+def split_plain(text: str, rules: SplitRules) -> Document:
+    """A plain-text document's segments and sentences."""
     sentences: list[str] = []
     segments: list[Segment] = []
     for block_start, block_end in _blocks(text):
@@ -102,7 +86,7 @@ def split_document(text: str, language: str, max_sentence_chars: int = MAX_SENTE
             source = text[start:end]
             if kind == "heading":
                 source = _HEADING.sub("", source.lstrip(), count=1)
-            spoken = split_sentences(source, language, max_sentence_chars)
+            spoken = split_sentences(source, rules.language, rules.sentence_chars)
             if not spoken:
                 continue
             # Trim the span to the text itself (no surrounding whitespace or newline).

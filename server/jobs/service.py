@@ -43,6 +43,7 @@ from server.request import speech_request
 from server.schemas import ErrorDetail, SpeechFields
 from server.settings import Settings
 from server.speech import SpeechService
+from server.text.spans import TextFormat
 
 EVENTS: Final = {
     states.COMPLETED: "job.completed",
@@ -163,11 +164,32 @@ class JobService:
         jobs = self._settings.jobs
         synthesis = self._settings.synthesis
         speech = SpeechFields.model_construct(
-            text=fields.text, speed=fields.speed, voice=fields.voice, speaker=fields.speaker
+            text=fields.text,
+            speed=fields.speed,
+            voice=fields.voice,
+            speaker=fields.speaker,
+            text_format=fields.text_format,
+            volume=fields.volume,
         )
-        parsed = speech_request(speech, default_voice=synthesis.default_voice, max_chars=jobs.max_text_chars)
+        parsed = speech_request(
+            speech,
+            default_voice=synthesis.default_voice,
+            max_chars=jobs.max_text_chars,
+            default_format=self._settings.text.tts_format,
+        )
+        request = {
+            "voice": parsed.voice,
+            "speaker": parsed.speaker,
+            "speed": parsed.speed,
+            "text_format": parsed.text_format.value,
+            "volume": parsed.volume,
+            "format": fields.format.value,
+            "webhook_url": fields.webhook_url,
+            "metadata": dict(fields.metadata or {}),
+            "base": base,
+        }
         catalog = self._speech.catalog
-        if catalog.ready:  # unknown voice or speaker: 400 now, not a failed job later
+        if catalog.ready:  # unknown voice or speaker, malformed SSML: 400 now, not a failed job later
             voice = catalog.get(parsed.voice)
             try:
                 voice.speaker_id(parsed.speaker)
@@ -175,6 +197,8 @@ class JobService:
                 raise InvalidRequest(
                     f"unknown speaker {parsed.speaker!r} for voice {voice.voice_id}"
                 ) from None
+            if parsed.text_format is TextFormat.SSML:  # parsed (and cut into paragraphs) as the job will be
+                await self.runner.document(fields.text, request)
         if fields.webhook_url is not None:
             await self.sender.policy.check(fields.webhook_url)
         digest = body_hash(fields.model_dump(mode="json"))
@@ -199,15 +223,6 @@ class JobService:
             )
             if not decision.allowed:
                 raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
-        request = {
-            "voice": parsed.voice,
-            "speaker": parsed.speaker,
-            "speed": parsed.speed,
-            "format": fields.format.value,
-            "webhook_url": fields.webhook_url,
-            "metadata": dict(fields.metadata or {}),
-            "base": base,
-        }
         record = await self.store.create(job_id, owner, fields.text, request)
         await self.queues.enqueue_job(job_id)
         self._metrics.jobs.labels("submitted").inc()
@@ -314,6 +329,8 @@ class JobService:
             metadata=wanted.get("metadata") or {},
             voice=wanted.get("voice", ""),
             speed=wanted.get("speed", "normal"),
+            text_format=wanted.get("text_format", TextFormat.PLAIN),
+            volume=wanted.get("volume", 1.0),
             format=wanted.get("format", "wav"),
             output=self._output(record) if status == states.COMPLETED else None,
         )
