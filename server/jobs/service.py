@@ -30,6 +30,8 @@ from server.errors import (
     JobsUnavailable,
     NotFound,
     RateLimited,
+    SynthesisFailed,
+    WorkerLost,
 )
 from server.jobs import store as states
 from server.jobs.queue import JobQueues, redis_client
@@ -104,7 +106,7 @@ class JobService:
             return
         self.store = JobStore(redis_client(settings), settings.redis.key_prefix)
         self.runner = JobRunner(settings, self.store, speech, metrics, self._finished)
-        self.queues = JobQueues(settings, self.runner.run, self.deliver)
+        self.queues = JobQueues(settings, self.runner.run, self.deliver, self._ended)
         self.sender = Sender(settings.jobs, settings.webhook_secret)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -299,8 +301,7 @@ class JobService:
         if not record.terminal:
             saq = await self.queues.status(record.id)
             if saq in (Status.FAILED, Status.ABORTED) or (saq is None and status == states.IN_PROGRESS):
-                # SAQ gave up on it (every attempt's worker died, or it timed out) before the runner
-                # could record an end.
+                # SAQ gave up on it and `_ended` could not record that yet (Redis was out).
                 status = states.CANCELLED if record.cancel else states.FAILED
                 if not record.cancel:
                     error = {"code": "synthesis_failed", "message": "the job's attempts ran out"}
@@ -363,10 +364,29 @@ class JobService:
 
     # -- ends: webhooks and expiry -------------------------------------------------------------------
 
-    async def _finish(self, job_id: str, status: str) -> None:
-        if await self.store.finish(job_id, status, self._settings.jobs.ttl_s):
+    async def _finish(self, job_id: str, status: str, **details: Any) -> None:
+        if await self.store.finish(job_id, status, self._settings.jobs.ttl_s, **details):
             self._metrics.jobs.labels(status).inc()
             await self._finished(job_id)
+
+    async def _ended(self, job_id: str, lost: bool) -> None:
+        """SAQ ended a job failed or aborted; if the runner could not record that end (its worker
+        died in the last attempt, `lost`, or the attempt timed out), record it (once) here."""
+        try:
+            record = await self.store.get(job_id)
+            if record is None or record.terminal:
+                return  # deleted, or ended by the runner
+            if record.cancel:
+                await self._finish(job_id, states.CANCELLED)
+                return
+            if lost:
+                error = WorkerLost("the job's worker stopped during its last attempt")
+            else:
+                error = SynthesisFailed("the job's attempts ran out")
+            logger.bind(job_id=job_id).warning("job failed: {}", error.message)
+            await self._finish(job_id, states.FAILED, error={"code": error.code, "message": error.message})
+        except (RedisError, OSError) as exc:  # the view still shows it failed, from SAQ's record
+            logger.warning("job {} ended by the queue, not recorded: {}", job_id, exc)
 
     async def _finished(self, job_id: str) -> None:
         """A job reached its end: queue its webhook, if it has one."""
