@@ -7,6 +7,7 @@ the 30,000-character one the issue asks for.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import socket
@@ -448,6 +449,48 @@ def test_the_same_idempotency_key_with_another_body_is_422(server):
     other = submit(server, {"text": " ".join(sentences(1))}, headers=key)
     assert other.status == 422
     assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def idempotency_entry(redis: RedisProcess, key: str) -> bytes:
+    """The Redis key holding an Idempotency-Key (stored as its digest, under its owner)."""
+    client = redis.client()
+    try:
+        names = client.keys(f"tts:jobs:idempotency:*:{hashlib.sha256(key.encode()).hexdigest()}")
+    finally:
+        client.close()
+    assert len(names) == 1
+    return names[0]
+
+
+def test_an_idempotency_key_is_kept_for_jobs_idempotency_ttl_s(server, redis):
+    key = uuid.uuid4().hex
+    assert submit(server, {"text": " ".join(sentences(1))}, headers={"Idempotency-Key": key}).status == 202
+    client = redis.client()
+    remaining = client.ttl(idempotency_entry(redis, key))
+    client.close()
+    assert 86400 - 10 <= remaining <= 86400  # the default: 24 h, less the seconds since
+
+
+def test_once_its_lifetime_is_over_an_idempotency_key_with_another_body_makes_a_new_job(
+    make_redis, make_server
+):
+    redis = make_redis()
+    server = make_server({"TTS__REDIS__URL": redis.url, "TTS__JOBS__IDEMPOTENCY_TTL_S": "2"})
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = server.post("/jobs", {"text": " ".join(sentences(1)), "speed": 4}, headers=key)
+    assert first.status == 202
+    entry = idempotency_entry(redis, key["Idempotency-Key"])
+    client = redis.client()
+    assert 0 < client.pttl(entry) <= 2000
+    deadline = time.monotonic() + 10
+    while client.exists(entry):
+        assert time.monotonic() < deadline, "the Idempotency-Key never expired"
+        time.sleep(0.1)
+    client.close()
+    later = server.post("/jobs", {"text": " ".join(sentences(1)), "speed": 4}, headers=key)
+    assert later.status == 202  # not 422: the key is free again
+    assert later.json()["id"] != first.json()["id"]
+    assert server.get(f"/jobs/{first.json()['id']}").status == 200  # the first job stays
 
 
 def test_an_idempotency_key_belongs_to_its_api_key(server):
