@@ -25,7 +25,7 @@ from markdown_it import MarkdownIt
 from markdown_it.helpers import parseLinkDestination, parseLinkTitle
 from markdown_it.token import Token
 
-from server.jobs.pieces import Document, Segment, SegmentKind, SplitRules, cut_spans
+from server.jobs.pieces import Document, Segment, SegmentKind, SplitRules, cut_spans, trimmed
 from server.text.markdown import InlineKind, inline_items, markdown_blocks, markdown_parser
 from server.text.phonemes import INLINE
 from server.text.sentences import sentence_spans
@@ -33,6 +33,7 @@ from server.text.sentences import sentence_spans
 _ASCII_PUNCTUATION: Final = re.compile(r"[!-/:-@\[-`{-~]")  # what CommonMark lets a backslash escape
 _ENTITY: Final = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _MARKUP: Final = frozenset("*_`[]!<>\\")  # may stand before what a block says (and is not said)
+_KINDS: Final[dict[str, SegmentKind]] = {"heading": "heading", "list_item": "list_item"}
 _PLACEHOLDER: Final = "x"  # what the segmenter sees for each character of inline code or phonemes
 
 
@@ -92,7 +93,7 @@ def _after_destination(source: str, cursor: int) -> int:
     return position + 1 if source.startswith(")", position) else cursor + 1
 
 
-def located(token: Token, source: str) -> Iterator[tuple[InlineKind, str, list[int]]]:
+def _located(token: Token, source: str) -> Iterator[tuple[InlineKind, str, list[int]]]:
     """What a block's inline content says, each character with its offset in `source` (the
     token's inline content); -1 where it has none (a line break, text the source does not hold)."""
     cursor = 0
@@ -122,7 +123,7 @@ class _Inline:
         self.is_text = bytearray(len(self.source))
         self.positions: list[int] = []  # of each character of `text` in the source
         parts: list[str] = []
-        for kind, text, positions in located(token, self.source):
+        for kind, text, positions in _located(token, self.source):
             for position in positions:
                 if position >= 0:
                     self.is_text[position] = 1
@@ -167,7 +168,7 @@ class _Inline:
         stray: set[int] = set()  # markup in the block, read as text here
         for token in parser.parse(text):
             if token.type == "inline":
-                for _, said, positions in located(token, text):
+                for _, said, positions in _located(token, text):
                     stray.update(
                         position
                         for position, char in zip(positions, said, strict=True)
@@ -193,21 +194,13 @@ def _escaped(text: str) -> str:
     return _ASCII_PUNCTUATION.sub(lambda match: "\\" + match.group(), text)
 
 
-def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
 def split_markdown(text: str, rules: SplitRules) -> Document:
     """A markdown document's blocks and the markdown source of each of their sentences."""
     parser = markdown_parser()
     sentences: list[str] = []
     segments: list[Segment] = []
     for block in markdown_blocks(text):
-        kind: SegmentKind = "paragraph" if block.kind in ("code", "table") else block.kind  # type: ignore[assignment]
+        kind = _KINDS.get(block.kind, "paragraph")  # code and tables: a paragraph read as a placeholder
         spoken: list[str] = []
         if block.inline is None:
             placeholder = rules.markdown.code_text if block.kind == "code" else rules.markdown.table_text
@@ -222,7 +215,7 @@ def split_markdown(text: str, rules: SplitRules) -> Document:
                         spoken.append(sentence)
         if spoken:
             segments.append(
-                Segment(kind, *_trimmed(text, block.start, block.end), len(sentences), len(spoken))
+                Segment(kind, *trimmed(text, block.start, block.end), len(sentences), len(spoken))
             )
             sentences += spoken
     return Document(tuple(sentences), tuple(segments))

@@ -43,21 +43,25 @@ class SplitRules:
         return min(MAX_SENTENCE_CHARS, self.max_chars)
 
 
+def trimmed(text: str, start: int, end: int) -> tuple[int, int]:
+    """`[start, end)` without the whitespace at either end of `text[start:end]`."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def cut_spans(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
     """`text[start:end]` without its surrounding whitespace, cut at spaces into runs of at most
     `max_chars` (at a character where a word is longer); none when it is only whitespace."""
     spans: list[tuple[int, int]] = []
-    while True:
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and text[end - 1].isspace():
-            end -= 1
-        if end - start <= max_chars:
-            break
+    start, end = trimmed(text, start, end)
+    while end - start > max_chars:
         cut = text.rfind(" ", start, start + max_chars + 1) - start
         cut = cut if cut > max_chars // 4 else max_chars
         spans.append((start, start + cut))
-        start += cut
+        start, end = trimmed(text, start + cut, end)
     if start < end:
         spans.append((start, end))
-    return [(a, b) for a, b in spans if text[a:b].strip()]
+    return spans

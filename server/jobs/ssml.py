@@ -20,7 +20,7 @@ from typing import Final
 from xml.parsers import expat
 
 from server.errors import InvalidRequest, TextTooLong
-from server.jobs.pieces import Document, Segment, SplitRules
+from server.jobs.pieces import Document, Segment, SplitRules, trimmed
 from server.text.clean import clean_document, normalize_text
 from server.text.sayas import say_as
 from server.text.ssml import parse_ssml
@@ -106,12 +106,7 @@ def _parts(element: _Element, around: tuple[_Element, ...], text: str, found: li
 
     def stretch(start: int, end: int) -> None:
         if start < end:
-            first, last = start, end
-            while first < last and text[first].isspace():
-                first += 1
-            while last > first and text[last - 1].isspace():
-                last -= 1
-            found.append(_Part(start, end, around, (first, last)))
+            found.append(_Part(start, end, around, trimmed(text, start, end)))
 
     for child in element.children:
         if not child.paragraphs:
@@ -176,8 +171,7 @@ def split_ssml(text: str, rules: SplitRules) -> Document:
     if root.paragraphs:
         _parts(root, (root,), text, parts)
     else:
-        start = len(text) - len(text.lstrip())
-        parts.append(_Part(0, len(text), (), (start, len(text.rstrip()))))
+        parts.append(_Part(0, len(text), (), trimmed(text, 0, len(text))))
     says = []
     for part in parts:
         blocks, _ = parse_ssml(clean_document(_request(text, [part])), said)
