@@ -90,6 +90,12 @@ class SynthesisFailed(TTSError):
     status, code = 500, "synthesis_failed"
 
 
+class WorkerLost(SynthesisFailed):
+    """A job's last attempt died with its worker (a failed job's error; never an HTTP answer)."""
+
+    status, code = 500, "worker_lost"
+
+
 class Conflict(TTSError):
     status, code = 409, "conflict"
 

@@ -127,6 +127,19 @@ Speaker = Annotated[
     ),
 ]
 Hash = Annotated[str, Field(pattern=HASH_PATTERN, description="The audio's hash, as /tts returned it")]
+TextFormatField = Annotated[
+    TextFormat | None,
+    BeforeValidator(lambda value: None if value == "" else value),
+    Field(description="How text is read: plain, markdown or ssml; empty: the route's configured default"),
+]
+Volume = Annotated[
+    Annotated[float, Field(ge=MIN_VOLUME, le=MAX_VOLUME)] | None,
+    BeforeValidator(lambda value: None if value == "" else value),
+    Field(
+        description="Times the voice's loudness-matched level (every voice is brought to one loudness); "
+        "peaks are limited. Default 1",
+    ),
+]
 
 
 class Model(BaseModel):
@@ -143,19 +156,8 @@ class SpeechFields(Model):
     speed: Speed = None
     voice: Voice = None
     speaker: Speaker = None
-    text_format: Annotated[
-        TextFormat | None,
-        BeforeValidator(lambda value: None if value == "" else value),
-        Field(description="How text is read: plain, markdown or ssml; empty: the route's configured default"),
-    ] = None
-    volume: Annotated[
-        Annotated[float, Field(ge=MIN_VOLUME, le=MAX_VOLUME)] | None,
-        BeforeValidator(lambda value: None if value == "" else value),
-        Field(
-            description="Times the voice's loudness-matched level (every voice is brought to one loudness); "
-            "peaks are limited. Default 1",
-        ),
-    ] = None
+    text_format: TextFormatField = None
+    volume: Volume = None
 
 
 class TTSFields(SpeechFields):

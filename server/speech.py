@@ -18,7 +18,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -372,7 +372,7 @@ class SpeechService:
                 self._plans[memo] = plan
         if not plan.spoken.strip():
             raise InvalidRequest("text has nothing to speak", param="text")
-        voices = self._switched_voices(voice, plan)
+        voices = self.switched_voices(voice, plan.voices)
         for segment in plan.segments:
             _check_phonemes(voices.get(segment.voice or "", voice), segment)
         front = (
@@ -396,10 +396,10 @@ class SpeechService:
         )
         return _Resolved(voice, speaker_id, length_scale, key, plan, voices, request.volume)
 
-    def _switched_voices(self, voice: Voice, plan: TextPlan) -> dict[str, Voice]:
+    def switched_voices(self, voice: Voice, names: Iterable[str]) -> dict[str, Voice]:
         """The voices an SSML document switches to; each must share the request voice's rate."""
         voices: dict[str, Voice] = {}
-        for name in plan.voices:
+        for name in names:
             other = self.catalog.get(name)
             if other.sample_rate != voice.sample_rate:
                 raise InvalidRequest(

@@ -22,6 +22,7 @@ EXPECTED = {
     errors.RateLimited: (429, "rate_limited"),
     errors.HeadersTooLarge: (431, "headers_too_large"),
     errors.SynthesisFailed: (500, "synthesis_failed"),
+    errors.WorkerLost: (500, "worker_lost"),
     errors.Overloaded: (503, "overloaded"),
     errors.NotReady: (503, "not_ready"),
     errors.StorageUnavailable: (503, "storage_unavailable"),

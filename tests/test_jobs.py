@@ -7,6 +7,7 @@ the 30,000-character one the issue asks for.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import socket
@@ -19,9 +20,11 @@ from typing import Any
 
 import pytest
 
-from server.jobs.document import split_document, split_sentences
+from server.errors import TextTooLong
+from server.jobs.document import SplitRules, split_document, split_sentences
 from server.jobs.runner import output_key
 from server.settings import load_settings
+from server.text.spans import TextFormat
 from tests.conftest import ROOT, RedisProcess, ServerProcess, query, request
 
 KEY_A = "jobs-key-a-" + "a" * 24
@@ -33,6 +36,8 @@ AS_B = {"X-API-Key": KEY_B}
 SYNTHESIS = load_settings(ROOT / "config.yaml", environ={}).synthesis
 SENTENCE_GAP_FRAMES = round(SYNTHESIS.sentence_silence_s * 22050)
 PARAGRAPH_GAP_FRAMES = round(SYNTHESIS.paragraph_silence_s * 22050)
+RULES = SplitRules("en")
+PLAIN = TextFormat.PLAIN
 FAST = {
     "TTS__JOBS__SWEEP_INTERVAL_S": "1",
     "TTS__JOBS__HEARTBEAT_S": "2",
@@ -109,7 +114,9 @@ def submit(server: ServerProcess, body: dict[str, Any], who=AS_A, headers=None):
 
 
 def test_a_document_splits_into_sentences_normalized_like_tts():
-    document = split_document('# Title\n\nOne  sentence.\tTwo? "Three!" Four\n\n\n  Last line.  ')
+    document = split_document(
+        '# Title\n\nOne  sentence.\tTwo? "Three!" Four\n\n\n  Last line.  ', PLAIN, RULES
+    )
     assert document.sentences == ("Title", "One sentence.", "Two?", '"Three!"', "Four", "Last line.")
     assert [(s.kind, s.first, s.count) for s in document.segments] == [
         ("heading", 0, 1),
@@ -118,11 +125,111 @@ def test_a_document_splits_into_sentences_normalized_like_tts():
     ]
 
 
+def test_abbreviations_initials_and_decimals_end_no_sentence():
+    text = "Dr. Smith paid 3.14 dollars, e.g. this much. J. R. R. Tolkien wrote it. Done."
+    document = split_document(text, PLAIN, RULES)
+    assert document.sentences == (
+        "Dr. Smith paid 3.14 dollars, e.g. this much.",
+        "J. R. R. Tolkien wrote it.",
+        "Done.",
+    )
+
+
 def test_a_run_without_sentence_ends_is_cut_at_a_space():
     words = " ".join(["word"] * 300)  # 1,499 characters, no full stop
-    pieces = split_sentences(words, max_chars=400)
+    pieces = split_sentences(words, "en", max_chars=400)
     assert all(len(piece) <= 400 for piece in pieces)
     assert " ".join(pieces) == words
+
+
+def test_a_markdown_document_splits_into_blocks_and_the_markdown_of_each_sentence():
+    text = (
+        "# Title *here*\n\n"
+        "Some **bold** words and [a link](https://example.com/x.html). Dr. Smith said so.\n\n"
+        "- First item. **Its second\n  sentence.**\n"
+        "- `ls -la` lists it\n\n"
+        "> Quoted. Twice.\n\n"
+        "```\ncode\n```"
+    )
+    document = split_document(text, TextFormat.MARKDOWN, RULES)
+    assert document.sentences == (
+        "Title *here*",
+        "Some **bold** words and [a link](https://example.com/x.html).",
+        "Dr. Smith said so.",
+        "First item.",
+        "**Its second\nsentence.**",
+        "`ls -la` lists it",
+        "Quoted.",
+        "Twice.",
+        "Code block omitted\\.",  # the placeholder /tts says, escaped to read as written
+    )
+    assert [(s.kind, text[s.start : s.end], s.first, s.count) for s in document.segments] == [
+        ("heading", "# Title *here*", 0, 1),
+        (
+            "paragraph",
+            "Some **bold** words and [a link](https://example.com/x.html). Dr. Smith said so.",
+            1,
+            2,
+        ),
+        ("list_item", "- First item. **Its second\n  sentence.**", 3, 2),
+        ("list_item", "- `ls -la` lists it", 5, 1),
+        ("paragraph", "> Quoted. Twice.", 6, 2),
+        ("paragraph", "```\ncode\n```", 8, 1),
+    ]
+
+
+def test_a_markdown_sentence_reads_as_in_the_document_when_cut_out_of_it():
+    # Emphasis across a sentence end loses its cut markers (not read as "asterisk"); a sentence
+    # that starts like a list marker is escaped (alone, "1986." would be an empty list item).
+    text = "The year was great. 1986. What a year. - And then *one. Two* three."
+    assert split_document(text, TextFormat.MARKDOWN, RULES).sentences == (
+        "The year was great.",
+        "1986\\.",
+        "What a year.",
+        "\\- And then one.",
+        "Two three.",
+    )
+
+
+SSML_DOCUMENT = (
+    '<speak version="1.1" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang="en-US">\n'
+    "  Before é.\n"
+    "  <p>One. Two.</p>\n"
+    '  <break time="1s"/>\n'
+    '  <voice name="en_US-joe-medium"><prosody rate="slow"><p>Three.</p></prosody></voice>\n'
+    "</speak>"
+)
+SPEAK = '<speak version="1.1" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang="en-US">'
+
+
+def test_an_ssml_document_splits_into_paragraphs_each_a_document_of_its_own():
+    document = split_document(SSML_DOCUMENT, TextFormat.SSML, RULES)
+    assert document.sentences == (
+        f"{SPEAK}\n  Before é.\n  </speak>",
+        f"{SPEAK}<p>One. Two.</p></speak>",
+        # A break between paragraphs says nothing alone: it opens the paragraph after it.
+        f'{SPEAK}\n  <break time="1s"/>\n  '
+        '<voice name="en_US-joe-medium"><prosody rate="slow"><p>Three.</p></prosody></voice>\n</speak>',
+    )
+    assert [(s.kind, SSML_DOCUMENT[s.start : s.end]) for s in document.segments] == [
+        ("paragraph", "Before é."),
+        ("paragraph", "<p>One. Two.</p>"),
+        ("paragraph", "<p>Three.</p>"),
+    ]
+    assert document.voices == ("en_US-joe-medium",)
+
+
+def test_an_ssml_document_without_paragraphs_is_one_piece():
+    text = "  <speak>One. Two.</speak>\n"
+    document = split_document(text, TextFormat.SSML, RULES)
+    assert document.sentences == (text,)
+    assert [(s.start, s.end) for s in document.segments] == [(2, 26)]
+
+
+def test_an_ssml_paragraph_longer_than_tts_takes_is_refused():
+    text = f"<speak><p>Short.</p><p>{'A long paragraph. ' * 20}</p></speak>"
+    with pytest.raises(TextTooLong, match=r"SSML paragraph 2 \(line 1\) is 382 characters"):
+        split_document(text, TextFormat.SSML, SplitRules("en", max_chars=300))
 
 
 # -- submit, follow, download ------------------------------------------------------------------------
@@ -135,6 +242,7 @@ def test_submit_answers_202_with_the_queued_job_and_its_location(server):
     assert resp.headers["Location"] == f"/jobs/{job['id']}"
     assert job["status"] in ("queued", "in_progress")
     assert job["metadata"] == {"chapter": "1"}
+    assert (job["text_format"], job["volume"]) == ("plain", 1.0)  # /tts's defaults (text.tts_format)
     assert job["output"] is None
     done = wait_for(server, job["id"], {"completed"})
     assert done["progress"]["percent"] == 100.0
@@ -239,6 +347,87 @@ def test_the_output_is_served_in_the_format_asked(server):
     assert (audio.status, audio.headers["Content-Type"]) == (200, "audio/mpeg")
 
 
+# -- text formats and volume -------------------------------------------------------------------------
+
+
+def pieces_of(redis: RedisProcess, job_id: str) -> list[dict[str, Any]]:
+    client = redis.client()
+    try:
+        return [json.loads(raw) for raw in client.lrange(f"tts:job:{job_id}:pieces", 0, -1)]
+    finally:
+        client.close()
+
+
+def test_a_job_reads_markdown_at_a_volume_and_its_sentences_share_the_keys_of_tts(server, redis):
+    words = " ".join(uuid.uuid4().hex[:6])
+    sentence = f"Some **bold** words about {words} and [a link](https://example.com/x.html)."
+    fields = {"text_format": "markdown", "volume": 0.5, "speed": 4}
+    job_id = submit(server, {"text": f"# A *title*\n\n{sentence} Dr. Smith said so.", **fields}).json()["id"]
+    job = wait_for(server, job_id, {"completed"})
+    assert (job["text_format"], job["volume"], job["progress"]["sentences_total"]) == ("markdown", 0.5, 3)
+    # /tts given that sentence with the same fields finds the job's audio: one key, no synthesis.
+    tts = server.post("/tts", {"text": sentence, **fields}, headers=AS_A).json()
+    assert (tts["hash"], tts["cache"]) == (pieces_of(redis, job_id)[1]["key"], "l1")
+    # At another volume it is other audio under another key.
+    louder = server.post("/tts", {"text": sentence, **fields, "volume": 1}, headers=AS_A).json()
+    assert louder["cache"] == "miss"
+
+
+def test_an_ssml_job_speaks_each_paragraph_as_a_request_tts_accepts(server, redis):
+    job_id = submit(server, {"text": SSML_DOCUMENT, "text_format": "ssml"}).json()["id"]
+    job = wait_for(server, job_id, {"completed"})
+    assert job["progress"]["sentences_total"] == 3  # progress counts paragraphs
+    segments = job["output"]["segments"]
+    assert [SSML_DOCUMENT[s["text_start"] : s["text_end"]] for s in segments] == [
+        "Before é.",
+        "<p>One. Two.</p>",
+        "<p>Three.</p>",
+    ]
+    # The break before the last paragraph is a second of silence at the start of its audio.
+    last = pcm_of(server.get(relative(segments[2]["audio_url"]), headers=AS_A).body)
+    leading_zeros = (len(last) - len(last.lstrip(b"\0"))) // 2
+    assert 22050 <= leading_zeros <= 22050 + 221  # the voice's first 10 ms may round to zero too
+    piece = f"{SPEAK}<p>One. Two.</p></speak>"
+    tts = server.post("/tts", {"text": piece, "text_format": "ssml", "speed": 4}, headers=AS_A).json()
+    assert (tts["hash"], tts["cache"]) == (pieces_of(redis, job_id)[1]["key"], "l1")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<speak><p>Unclosed.</speak>",
+        '<speak><break time="soon"/>Hello.</speak>',
+        '<speak><p>Hello.</p><voice name="nobody"><p>Who?</p></voice></speak>',
+    ],
+    ids=["not-well-formed", "bad-break", "unknown-voice"],
+)
+def test_bad_ssml_is_refused_at_submit_as_tts_refuses_it_and_no_job_is_made(server, text):
+    newest = server.get("/jobs?limit=1", headers=AS_A).json()["jobs"]
+    tts = server.post("/tts", {"text": text, "text_format": "ssml"}, headers=AS_A)
+    resp = submit(server, {"text": text, "text_format": "ssml"})
+    assert tts.status == 400
+    assert (resp.status, resp.json()) == (400, tts.json())
+    assert server.get("/jobs?limit=1", headers=AS_A).json()["jobs"] == newest
+
+
+def test_an_ssml_paragraph_longer_than_one_tts_request_is_413_at_submit(server):
+    text = f"<speak><p>{'A long paragraph. ' * 300}</p></speak>"
+    resp = submit(server, {"text": text, "text_format": "ssml"})
+    assert (resp.status, resp.json()["error"]["code"]) == (413, "text_too_long")
+    assert resp.json()["error"]["message"] == (
+        "SSML paragraph 1 (line 1) is 5422 characters; a job speaks each paragraph (<p>) as one "
+        "request of at most 5000"
+    )
+
+
+@pytest.mark.parametrize("fields", [{"volume": 9}, {"volume": "loud"}, {"text_format": "rtf"}])
+def test_text_format_and_volume_are_validated_as_tts_validates_them(server, fields):
+    tts = server.post("/tts", {"text": "Hi.", **fields}, headers=AS_A)
+    resp = submit(server, {"text": "Hi.", **fields})
+    assert tts.status == 400
+    assert (resp.status, resp.json()) == (400, tts.json())
+
+
 # -- idempotency -------------------------------------------------------------------------------------
 
 
@@ -260,6 +449,48 @@ def test_the_same_idempotency_key_with_another_body_is_422(server):
     other = submit(server, {"text": " ".join(sentences(1))}, headers=key)
     assert other.status == 422
     assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def idempotency_entry(redis: RedisProcess, key: str) -> bytes:
+    """The Redis key holding an Idempotency-Key (stored as its digest, under its owner)."""
+    client = redis.client()
+    try:
+        names = client.keys(f"tts:jobs:idempotency:*:{hashlib.sha256(key.encode()).hexdigest()}")
+    finally:
+        client.close()
+    assert len(names) == 1
+    return names[0]
+
+
+def test_an_idempotency_key_is_kept_for_jobs_idempotency_ttl_s(server, redis):
+    key = uuid.uuid4().hex
+    assert submit(server, {"text": " ".join(sentences(1))}, headers={"Idempotency-Key": key}).status == 202
+    client = redis.client()
+    remaining = client.ttl(idempotency_entry(redis, key))
+    client.close()
+    assert 86400 - 10 <= remaining <= 86400  # the default: 24 h, less the seconds since
+
+
+def test_once_its_lifetime_is_over_an_idempotency_key_with_another_body_makes_a_new_job(
+    make_redis, make_server
+):
+    redis = make_redis()
+    server = make_server({"TTS__REDIS__URL": redis.url, "TTS__JOBS__IDEMPOTENCY_TTL_S": "2"})
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = server.post("/jobs", {"text": " ".join(sentences(1)), "speed": 4}, headers=key)
+    assert first.status == 202
+    entry = idempotency_entry(redis, key["Idempotency-Key"])
+    client = redis.client()
+    assert 0 < client.pttl(entry) <= 2000
+    deadline = time.monotonic() + 10
+    while client.exists(entry):
+        assert time.monotonic() < deadline, "the Idempotency-Key never expired"
+        time.sleep(0.1)
+    client.close()
+    later = server.post("/jobs", {"text": " ".join(sentences(1)), "speed": 4}, headers=key)
+    assert later.status == 202  # not 422: the key is free again
+    assert later.json()["id"] != first.json()["id"]
+    assert server.get(f"/jobs/{first.json()['id']}").status == 200  # the first job stays
 
 
 def test_an_idempotency_key_belongs_to_its_api_key(server):

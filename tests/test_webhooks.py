@@ -137,6 +137,77 @@ def test_a_cancelled_job_calls_its_webhook(server):
     assert json.loads(receiver.received[0][1])["type"] == "job.cancelled"
 
 
+def test_a_job_whose_last_attempt_dies_with_its_worker_fails_and_calls_its_webhook_once(
+    make_redis, make_server
+):
+    redis = make_redis()
+    env = {
+        "TTS__REDIS__URL": redis.url,
+        "TTS__JOBS__MAX_ATTEMPTS": "1",
+        "TTS__JOBS__HEARTBEAT_S": "2",
+        "TTS__JOBS__SWEEP_INTERVAL_S": "1",
+        "TTS__JOBS__ALLOW_HTTP_WEBHOOKS": "true",
+        "TTS__JOBS__ALLOWED_WEBHOOK_HOSTS": "127.0.0.1",
+        "TTS__JOBS__WEBHOOK_RETRY_DELAY_S": "0.2",
+        "TTS_WEBHOOK_SECRET": SECRET,
+    }
+    first = make_server(env)
+    with Receiver([]) as receiver:
+        sentences = " ".join(f"Sentence {n} of a job that loses its worker is here." for n in range(40))
+        body = {"text": f"{sentences} {text()}", "speed": 4, "webhook_url": receiver.url}
+        job_id = first.post("/jobs", body).json()["id"]
+        deadline = time.monotonic() + 60
+        while first.get(f"/jobs/{job_id}").json()["progress"]["sentences_done"] < 2:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        assert first.proc is not None
+        first.proc.kill()  # SIGKILL during its only attempt: no clean-up, the heartbeat just stops
+        first.proc.wait(10)
+        second = make_server(env)  # its sweep finds the job stale, with no attempt left
+        receiver.wait(1)
+        time.sleep(1.5)  # and sends no second delivery
+        assert len(receiver.received) == 1
+    headers, delivered = receiver.received[0]
+    assert verify(headers, delivered)
+    event = json.loads(delivered)
+    assert (event["type"], event["data"]["id"], event["data"]["status"]) == ("job.failed", job_id, "failed")
+    assert event["data"]["error"] == {
+        "code": "worker_lost",
+        "message": "the job's worker stopped during its last attempt",
+    }
+    assert event["data"]["attempts"] == 1
+    # Our own record ended (not only the view derived from SAQ's), and says so to GET.
+    client = redis.client()
+    assert client.hget(f"tts:job:{job_id}", "status") == b"failed"
+    client.close()
+    assert second.get(f"/jobs/{job_id}").json()["error"]["code"] == "worker_lost"
+    assert second.metric("tts_jobs_total", 'status="failed"') == 1
+
+
+def test_a_job_whose_last_attempt_times_out_fails_and_calls_its_webhook(make_redis, make_server):
+    redis = make_redis()
+    server = make_server(
+        {
+            "TTS__REDIS__URL": redis.url,
+            "TTS__JOBS__MAX_ATTEMPTS": "1",
+            "TTS__JOBS__TIMEOUT_S": "1",
+            "TTS__JOBS__ALLOW_HTTP_WEBHOOKS": "true",
+            "TTS__JOBS__ALLOWED_WEBHOOK_HOSTS": "127.0.0.1",
+            "TTS_WEBHOOK_SECRET": SECRET,
+        }
+    )
+    with Receiver([]) as receiver:
+        sentences = " ".join(f"Sentence {n} of a job that runs out of time is here." for n in range(40))
+        job_id = server.post("/jobs", {"text": sentences, "speed": 4, "webhook_url": receiver.url}).json()[
+            "id"
+        ]
+        receiver.wait(1)
+    event = json.loads(receiver.received[0][1])
+    assert (event["type"], event["data"]["id"]) == ("job.failed", job_id)
+    assert event["data"]["error"] == {"code": "synthesis_failed", "message": "the job's attempts ran out"}
+    assert event["data"]["progress"]["sentences_done"] < 40
+
+
 def test_a_webhook_to_a_private_address_is_refused(server):
     resp = server.post("/jobs", {"text": text(), "webhook_url": "http://10.1.2.3/hook"})
     assert resp.status == 400

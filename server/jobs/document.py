@@ -1,56 +1,40 @@
-"""A long document as the sentences a job speaks one by one, grouped into segments.
+"""A long document as the requests a job speaks one by one, grouped into segments.
 
-A segment is a paragraph (lines between blank lines) or a markdown heading line (`# Title`); each
-keeps its span in the submitted text so a client can match the audio's segments to its source.
-Each sentence is normalized exactly as `/tts` normalizes text, so a sentence of a job and the same
-sentence sent to `/tts` share one cache key (and one synthesis).
+Each piece is the text of one request `/tts` would accept in the job's text format, so a piece
+of a job and the same text sent to `/tts` with the same fields share one cache key (and one
+synthesis). Each segment keeps its span in the submitted text so a client can match the audio's
+segments to its source. Plain text (here): a segment is a paragraph (lines between blank lines) or
+a heading line (`# Title`), its pieces are its sentences, found by the text front-end's segmenter
+(pysbd, in the voice's language) so "Dr. Smith", "e.g. this" or "3.14" end none, normalized as
+`/tts` normalizes text. Markdown (`markdown.py`): a segment is a block, its pieces the markdown
+source of its sentences. SSML (`ssml.py`): a segment is a paragraph, and is one piece.
+Splitting is pure and blocking: the runner calls it in a thread.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
+from server.jobs.markdown import split_markdown
+from server.jobs.pieces import MAX_SENTENCE_CHARS, Document, Segment, SegmentKind, SplitRules, cut_spans
+from server.jobs.ssml import split_ssml
 from server.text.clean import normalize_text
+from server.text.sentences import sentence_spans
+from server.text.spans import TextFormat
 
-MAX_SENTENCE_CHARS: Final = 400  # a longer run without a sentence end is cut at a space
+__all__ = ["MAX_SENTENCE_CHARS", "Document", "Segment", "SplitRules", "split_document", "split_sentences"]
+
 _BLOCK_BREAK: Final = re.compile(r"\n[ \t\r\f\v]*\n")
-_SENTENCE_END: Final = re.compile(r"[.!?…][\"'”’)\]]*(?=\s)")  # closing quotes stay with it
 _HEADING: Final = re.compile(r"#{1,6}[ \t]+")
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A paragraph or heading: its span in the submitted text and its sentences."""
-
-    kind: Literal["paragraph", "heading"]
-    start: int  # character offsets into the submitted text, end exclusive
-    end: int
-    first: int  # index of its first sentence in the document
-    count: int  # how many sentences it has
-
-
-@dataclass(frozen=True)
-class Document:
-    sentences: tuple[str, ...]  # normalized, each one /tts request
-    segments: tuple[Segment, ...]
-
-
-def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
-    """Normalized text cut after sentence ends; a run longer than `max_chars` is cut at a space."""
-    sentences: list[str] = []
+def split_sentences(text: str, language: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
+    """Normalized text cut into the front-end's sentences; a run longer than `max_chars` is cut at a space."""
     text = normalize_text(text)
-    cuts = [match.end() for match in _SENTENCE_END.finditer(text)]
-    for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True):
-        piece = text[start:end].strip()
-        while len(piece) > max_chars:
-            cut = piece.rfind(" ", 0, max_chars + 1)
-            cut = cut if cut > max_chars // 4 else max_chars
-            sentences.append(piece[:cut].strip())
-            piece = piece[cut:].strip()
-        if piece:
-            sentences.append(piece)
+    sentences: list[str] = []
+    for start, end in sentence_spans(text, language):
+        sentences += [text[a:b] for a, b in cut_spans(text, start, end, max_chars)]
     return sentences
 
 
@@ -64,9 +48,9 @@ def _blocks(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _segments_of(text: str, start: int, end: int) -> list[tuple[Literal["paragraph", "heading"], int, int]]:
+def _segments_of(text: str, start: int, end: int) -> list[tuple[SegmentKind, int, int]]:
     """A block's heading lines, each on its own, and the runs of other lines between them."""
-    found: list[tuple[Literal["paragraph", "heading"], int, int]] = []
+    found: list[tuple[SegmentKind, int, int]] = []
     run_start: int | None = None
     position = start
     for line in text[start:end].splitlines(keepends=True):
@@ -84,7 +68,17 @@ def _segments_of(text: str, start: int, end: int) -> list[tuple[Literal["paragra
     return found
 
 
-def split_document(text: str, max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Document:
+def split_document(text: str, text_format: TextFormat, rules: SplitRules) -> Document:
+    """A document's segments and pieces; malformed SSML raises the `InvalidRequest` /tts gives."""
+    if text_format is TextFormat.MARKDOWN:
+        return split_markdown(text, rules)
+    if text_format is TextFormat.SSML:
+        return split_ssml(text, rules)
+    return split_plain(text, rules)
+
+
+def split_plain(text: str, rules: SplitRules) -> Document:
+    """A plain-text document's segments and sentences."""
     sentences: list[str] = []
     segments: list[Segment] = []
     for block_start, block_end in _blocks(text):
@@ -92,7 +86,7 @@ def split_document(text: str, max_sentence_chars: int = MAX_SENTENCE_CHARS) -> D
             source = text[start:end]
             if kind == "heading":
                 source = _HEADING.sub("", source.lstrip(), count=1)
-            spoken = split_sentences(source, max_sentence_chars)
+            spoken = split_sentences(source, rules.language, rules.sentence_chars)
             if not spoken:
                 continue
             # Trim the span to the text itself (no surrounding whitespace or newline).

@@ -4,8 +4,10 @@ Two queues: `{prefix}jobs` runs documents (`jobs.concurrency` at once per proces
 inference is never all jobs) and `{prefix}webhooks` delivers callbacks, each with its own retries.
 A document job gets `jobs.timeout_s` per attempt, a heartbeat of `jobs.heartbeat_s` (the runner
 touches it while it works; SAQ's sweep re-queues a job whose worker stopped touching it, that is,
-died) and `jobs.max_attempts` attempts with exponential backoff. SAQ's finished-job records live
-`jobs.ttl_s`; our own records (`store.py`) are what the API shows.
+died) and `jobs.max_attempts` attempts with exponential backoff. A job that SAQ ends failed or
+aborted (its last attempt's worker died, it timed out) is passed to `ended`, so our record ends
+too and the webhook goes. SAQ's finished-job records live `jobs.ttl_s`; our own records
+(`store.py`) are what the API shows.
 """
 
 from __future__ import annotations
@@ -34,13 +36,35 @@ OUTAGE_BACKOFF_S: Final = 1.0
 SHUTDOWN_GRACE_S: Final = 1
 
 
+# Called when a job ends failed or aborted: (the SAQ job's key, True when the sweep ended it).
+Ended = Callable[[str, bool], Awaitable[None]]
+
+
 class _Queue(RedisQueue):
-    """SAQ's Redis queue, riding out a Redis outage instead of spinning on it.
+    """SAQ's Redis queue, riding out a Redis outage instead of spinning on it, and telling who
+    asks when a job ends failed or aborted.
 
     SAQ's worker asks for the next job again as soon as a dequeue fails, and its upkeep (schedule,
     sweep, worker info) logs a traceback each second: with Redis down that would be a busy loop
     and a flood. Here a failed call waits a moment and reports nothing to do.
+
+    `finish` is where every end of a job passes, whoever ends it: the worker that ran it (done,
+    failed, timed out, aborted) and the sweep of any worker, which ends a job whose worker stopped
+    touching it (died) and which has no attempt left as aborted, with `swept_error_message`.
+    No hook of SAQ's sees that last case (`after_process` runs only in the worker that ran the
+    job, which is dead), so `ended` is called from here.
     """
+
+    def __init__(self, redis: Redis, name: str, ended: Ended | None = None) -> None:
+        super().__init__(redis, name=name)
+        self._ended = ended
+
+    async def finish(
+        self, job: Job, status: Status, *, result: Any = None, error: str | None = None, **kwargs: Any
+    ) -> None:
+        await super().finish(job, status, result=result, error=error, **kwargs)
+        if self._ended is not None and status in (Status.FAILED, Status.ABORTED):
+            await self._ended(job.key, error == self.swept_error_message)
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         try:
@@ -92,10 +116,11 @@ class JobQueues:
         settings: Settings,
         run: Callable[..., Awaitable[Any]],
         deliver: Callable[..., Awaitable[Any]],
+        ended: Ended,
     ) -> None:
         self._settings = settings
         prefix = settings.redis.key_prefix
-        self.jobs = _Queue(redis_client(settings), name=f"{prefix}jobs")
+        self.jobs = _Queue(redis_client(settings), name=f"{prefix}jobs", ended=ended)
         self.webhooks = _Queue(redis_client(settings), name=f"{prefix}webhooks")
         jobs = settings.jobs
         timers = {"sweep": jobs.sweep_interval_s, "abort": 1, "schedule": 1, "worker_info": 10}

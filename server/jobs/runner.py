@@ -1,12 +1,14 @@
 """The job runner: one document, sentence by sentence, through the same SpeechService as `/tts`.
 
-SAQ calls `run` in a worker process. Each sentence is a background `synthesize` (the scheduler
-runs it after every interactive request's work), so its audio lands in the tiers under the same
-key `/tts` gives that sentence; then the piece is appended to the job's cursor. An attempt that
-follows a dead worker starts at the cursor: finished sentences are never synthesized again. When
-every sentence is done the pieces are joined (with the sentence silence `/tts` puts between
-sentences) into one WAV stored under the job's own key, which `/audio/{key}.{ext}` serves and
-encodes once per format. A cancel takes effect between sentences.
+SAQ calls `run` in a worker process. The document is split (`document.py`, in a thread) into
+pieces, each the text of a request `/tts` accepts in the job's text format (a sentence; an SSML
+paragraph), parsed with the job's fields as `/tts` parses them. Each is a background
+`synthesize` (the scheduler runs it after every interactive request's work), so its audio lands
+in the tiers under the same key `/tts` gives it; then the piece is appended to the job's cursor.
+An attempt that follows a dead worker starts at the cursor: finished pieces are never synthesized
+again. When every piece is done they are joined (with the sentence silence `/tts` puts between
+sentences, the paragraph silence between segments) into one WAV stored under the job's own key,
+which `/audio/{key}.{ext}` serves and encodes once per format. A cancel takes effect between pieces.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from loguru import logger
@@ -25,12 +28,16 @@ from server.audio.pcm import duration_s, parse_wav, silence, wav_bytes
 from server.cache.tiers import WORDS_SUFFIX
 from server.errors import InvalidRequest, NotFound, Overloaded, TTSError
 from server.jobs import store as states
-from server.jobs.document import Document, split_document
+from server.jobs.document import Document, SplitRules, split_document
 from server.jobs.store import JobStore, Record
 from server.metrics import Metrics
-from server.request import SpeechRequest, length_scale
+from server.request import SpeechRequest, speech_request
+from server.schemas import SpeechFields
 from server.settings import Settings
 from server.speech import Audio, SpeechService
+from server.text.markdown import MarkdownRules
+from server.text.plan import segment_language
+from server.text.spans import TextFormat
 
 OVERLOADED_BACKOFF_S: Final = (0.05, 2.0)
 
@@ -63,6 +70,27 @@ class JobRunner:
         self._speech = speech
         self._metrics = metrics
         self._on_finished = on_finished
+        # Splitting runs the sentence segmenter (about 15 ms per 1,000 characters): off the IOLoop.
+        self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="job-text")
+
+    def close(self) -> None:
+        self._text_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def document(self, text: str, wanted: dict[str, Any]) -> Document:
+        """The document's segments and pieces, split in the runner's text thread; the voices an
+        SSML document switches to must be loaded (the errors /tts gives)."""
+        voice = self._speech.catalog.get(wanted["voice"])
+        settings = self._settings
+        rules = SplitRules(
+            segment_language(voice.espeak_voice),
+            MarkdownRules(settings.text.code_block_text, settings.text.table_text),
+            settings.synthesis.max_text_chars,
+        )
+        text_format = TextFormat(wanted.get("text_format", TextFormat.PLAIN))
+        loop = asyncio.get_running_loop()
+        document = await loop.run_in_executor(self._text_pool, split_document, text, text_format, rules)
+        self._speech.switched_voices(voice, document.voices)
+        return document
 
     async def run(self, ctx: dict[str, Any], *, job_id: str) -> None:
         """The SAQ function: one attempt at one job."""
@@ -74,7 +102,11 @@ class JobRunner:
         if record.cancel or text is None:
             await self._finish(job_id, states.CANCELLED)
             return
-        document = split_document(text)
+        try:
+            document = await self.document(text, record.request)
+        except TTSError as error:  # its voice is gone since (the configuration changed), bad SSML
+            await self._finish(job_id, states.FAILED, error={"code": error.code, "message": error.message})
+            return
         await self._store.started(job_id, saq_job.attempts, len(document.sentences))
         heartbeat = asyncio.ensure_future(self._heartbeat(saq_job))
         log = logger.bind(job_id=job_id)
@@ -119,18 +151,27 @@ class JobRunner:
                 await saq_job.update()
 
     def _request(self, record: Record, text: str) -> SpeechRequest:
+        """One piece as /tts parses its fields (its text format and volume too): the same key."""
         wanted = record.request
-        label, scale = length_scale(wanted.get("speed"))
-        return SpeechRequest(
-            text=text, voice=wanted["voice"], speaker=wanted.get("speaker"), length_scale=scale, speed=label
+        fields = SpeechFields.model_construct(
+            text=text,
+            speed=wanted.get("speed"),
+            voice=wanted["voice"],
+            speaker=wanted.get("speaker"),
+            text_format=wanted.get("text_format"),
+            volume=wanted.get("volume"),
+        )
+        synthesis = self._settings.synthesis
+        return speech_request(
+            fields, default_voice=synthesis.default_voice, max_chars=synthesis.max_text_chars
         )
 
-    async def _synthesize(self, request: SpeechRequest) -> Audio | None:
-        """One sentence at background priority; None when it has nothing to speak."""
+    async def _synthesize(self, record: Record, text: str) -> Audio | None:
+        """One piece at background priority; None when it has nothing to speak."""
         delay, most = OVERLOADED_BACKOFF_S
         while True:
             try:
-                return await self._speech.synthesize(request, background=True)
+                return await self._speech.synthesize(self._request(record, text), background=True)
             except Overloaded:  # interactive requests hold every slot: wait for one
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, most)
@@ -145,7 +186,7 @@ class JobRunner:
             if await self._store.cancel_requested(job_id):
                 raise Cancelled
             began = time.perf_counter()
-            audio = await self._synthesize(self._request(record, document.sentences[index]))
+            audio = await self._synthesize(record, document.sentences[index])
             fresh = audio is not None and audio.tier == "miss"
             piece = {
                 "key": audio.key if audio is not None else None,
@@ -170,7 +211,7 @@ class JobRunner:
         try:
             audio = await self._speech.audio(piece["key"])
         except NotFound:  # evicted from every tier since: make it again (a rare second synthesis)
-            found = await self._synthesize(self._request(record, document.sentences[index]))
+            found = await self._synthesize(record, document.sentences[index])
             if found is None:
                 return b""
             audio = found

@@ -6,7 +6,18 @@ from typing import Annotated, Final, Literal
 
 from pydantic import Field
 
-from server.schemas import AudioFormat, ErrorDetail, Model, Speaker, Speed, Voice, format_field
+from server.schemas import (
+    AudioFormat,
+    ErrorDetail,
+    Model,
+    Speaker,
+    Speed,
+    TextFormatField,
+    Voice,
+    Volume,
+    format_field,
+)
+from server.text.spans import TextFormat
 
 MAX_METADATA_KEYS: Final = 32
 MAX_LIST: Final = 100
@@ -25,12 +36,16 @@ class JobFields(Model):
         min_length=1,
         description=(
             "The document. At most jobs.max_text_chars characters after normalization (longer gets 413). "
-            "Paragraphs are separated by blank lines; a line starting with # is a heading."
+            "Plain text: paragraphs are separated by blank lines, a line starting with # is a heading. "
+            "Markdown: each block (heading, paragraph, list item) is a segment. SSML: each <p> is a "
+            "segment, spoken (and counted in progress) as one piece."
         ),
     )
     speed: Speed = None
     voice: Voice = None
     speaker: Speaker = None
+    text_format: TextFormatField = None
+    volume: Volume = None
     format: format_field(AudioFormat.WAV) = AudioFormat.WAV  # type: ignore[valid-type]
     webhook_url: Annotated[str, Field(max_length=2048)] | None = Field(
         None, description="Called (signed, Standard Webhooks) when the job completes, fails or is cancelled"
@@ -51,14 +66,16 @@ class JobQuery(Model):
 class JobProgress(Model):
     percent: float = Field(ge=0, le=100)
     sentences_done: int = Field(ge=0)
-    sentences_total: int = Field(ge=0, description="0 until the job starts and splits the text")
+    sentences_total: int = Field(
+        ge=0, description="0 until the job starts and splits the text; SSML counts paragraphs"
+    )
     audio_s_done: float = Field(ge=0)
 
 
 class JobSegment(Model):
-    """A paragraph or heading of the document and where it is in the audio."""
+    """A paragraph, heading or (markdown) list item of the document and where it is in the audio."""
 
-    kind: Literal["paragraph", "heading"]
+    kind: Literal["paragraph", "heading", "list_item"]
     text_start: int = Field(ge=0, description="Offset of its first character in the submitted text")
     text_end: int = Field(ge=0, description="Offset after its last character")
     start_s: float = Field(ge=0)
@@ -93,6 +110,8 @@ class Job(Model):
     metadata: dict[str, str]
     voice: str
     speed: str | float
+    text_format: TextFormat
+    volume: float
     format: AudioFormat
     output: JobOutput | None = None
 

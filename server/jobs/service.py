@@ -30,6 +30,8 @@ from server.errors import (
     JobsUnavailable,
     NotFound,
     RateLimited,
+    SynthesisFailed,
+    WorkerLost,
 )
 from server.jobs import store as states
 from server.jobs.queue import JobQueues, redis_client
@@ -43,6 +45,7 @@ from server.request import speech_request
 from server.schemas import ErrorDetail, SpeechFields
 from server.settings import Settings
 from server.speech import SpeechService
+from server.text.spans import TextFormat
 
 EVENTS: Final = {
     states.COMPLETED: "job.completed",
@@ -103,7 +106,7 @@ class JobService:
             return
         self.store = JobStore(redis_client(settings), settings.redis.key_prefix)
         self.runner = JobRunner(settings, self.store, speech, metrics, self._finished)
-        self.queues = JobQueues(settings, self.runner.run, self.deliver)
+        self.queues = JobQueues(settings, self.runner.run, self.deliver, self._ended)
         self.sender = Sender(settings.jobs, settings.webhook_secret)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -130,6 +133,7 @@ class JobService:
                 await task
         await self.queues.disconnect()
         self.sender.close()
+        self.runner.close()
 
     def report(self) -> dict[str, Any]:
         """The queue as /readyz shows it: state, and the counts the last sweep saw."""
@@ -162,11 +166,32 @@ class JobService:
         jobs = self._settings.jobs
         synthesis = self._settings.synthesis
         speech = SpeechFields.model_construct(
-            text=fields.text, speed=fields.speed, voice=fields.voice, speaker=fields.speaker
+            text=fields.text,
+            speed=fields.speed,
+            voice=fields.voice,
+            speaker=fields.speaker,
+            text_format=fields.text_format,
+            volume=fields.volume,
         )
-        parsed = speech_request(speech, default_voice=synthesis.default_voice, max_chars=jobs.max_text_chars)
+        parsed = speech_request(
+            speech,
+            default_voice=synthesis.default_voice,
+            max_chars=jobs.max_text_chars,
+            default_format=self._settings.text.tts_format,
+        )
+        request = {
+            "voice": parsed.voice,
+            "speaker": parsed.speaker,
+            "speed": parsed.speed,
+            "text_format": parsed.text_format.value,
+            "volume": parsed.volume,
+            "format": fields.format.value,
+            "webhook_url": fields.webhook_url,
+            "metadata": dict(fields.metadata or {}),
+            "base": base,
+        }
         catalog = self._speech.catalog
-        if catalog.ready:  # unknown voice or speaker: 400 now, not a failed job later
+        if catalog.ready:  # unknown voice or speaker, malformed SSML: 400 now, not a failed job later
             voice = catalog.get(parsed.voice)
             try:
                 voice.speaker_id(parsed.speaker)
@@ -174,6 +199,8 @@ class JobService:
                 raise InvalidRequest(
                     f"unknown speaker {parsed.speaker!r} for voice {voice.voice_id}"
                 ) from None
+            if parsed.text_format is TextFormat.SSML:  # parsed (and cut into paragraphs) as the job will be
+                await self.runner.document(fields.text, request)
         if fields.webhook_url is not None:
             await self.sender.policy.check(fields.webhook_url)
         digest = body_hash(fields.model_dump(mode="json"))
@@ -198,15 +225,6 @@ class JobService:
             )
             if not decision.allowed:
                 raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
-        request = {
-            "voice": parsed.voice,
-            "speaker": parsed.speaker,
-            "speed": parsed.speed,
-            "format": fields.format.value,
-            "webhook_url": fields.webhook_url,
-            "metadata": dict(fields.metadata or {}),
-            "base": base,
-        }
         record = await self.store.create(job_id, owner, fields.text, request)
         await self.queues.enqueue_job(job_id)
         self._metrics.jobs.labels("submitted").inc()
@@ -283,8 +301,7 @@ class JobService:
         if not record.terminal:
             saq = await self.queues.status(record.id)
             if saq in (Status.FAILED, Status.ABORTED) or (saq is None and status == states.IN_PROGRESS):
-                # SAQ gave up on it (every attempt's worker died, or it timed out) before the runner
-                # could record an end.
+                # SAQ gave up on it and `_ended` could not record that yet (Redis was out).
                 status = states.CANCELLED if record.cancel else states.FAILED
                 if not record.cancel:
                     error = {"code": "synthesis_failed", "message": "the job's attempts ran out"}
@@ -313,6 +330,8 @@ class JobService:
             metadata=wanted.get("metadata") or {},
             voice=wanted.get("voice", ""),
             speed=wanted.get("speed", "normal"),
+            text_format=wanted.get("text_format", TextFormat.PLAIN),
+            volume=wanted.get("volume", 1.0),
             format=wanted.get("format", "wav"),
             output=self._output(record) if status == states.COMPLETED else None,
         )
@@ -345,10 +364,29 @@ class JobService:
 
     # -- ends: webhooks and expiry -------------------------------------------------------------------
 
-    async def _finish(self, job_id: str, status: str) -> None:
-        if await self.store.finish(job_id, status, self._settings.jobs.ttl_s):
+    async def _finish(self, job_id: str, status: str, **details: Any) -> None:
+        if await self.store.finish(job_id, status, self._settings.jobs.ttl_s, **details):
             self._metrics.jobs.labels(status).inc()
             await self._finished(job_id)
+
+    async def _ended(self, job_id: str, lost: bool) -> None:
+        """SAQ ended a job failed or aborted; if the runner could not record that end (its worker
+        died in the last attempt, `lost`, or the attempt timed out), record it (once) here."""
+        try:
+            record = await self.store.get(job_id)
+            if record is None or record.terminal:
+                return  # deleted, or ended by the runner
+            if record.cancel:
+                await self._finish(job_id, states.CANCELLED)
+                return
+            if lost:
+                error = WorkerLost("the job's worker stopped during its last attempt")
+            else:
+                error = SynthesisFailed("the job's attempts ran out")
+            logger.bind(job_id=job_id).warning("job failed: {}", error.message)
+            await self._finish(job_id, states.FAILED, error={"code": error.code, "message": error.message})
+        except (RedisError, OSError) as exc:  # the view still shows it failed, from SAQ's record
+            logger.warning("job {} ended by the queue, not recorded: {}", job_id, exc)
 
     async def _finished(self, job_id: str) -> None:
         """A job reached its end: queue its webhook, if it has one."""
