@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -65,6 +66,7 @@ BACKGROUND_DELAY_S: Final = 1e6
 # Characters of documents whose text plans are kept: a repeated text (every cache hit) skips the
 # front-end (pysbd, normalization) and its hop to the text thread, which the hit path measured.
 PLAN_MEMO_CHARS: Final = 1_000_000
+FIRST_WINDOW_SAFETY: Final = 1.25
 # Characters of requests whose resolution (voices, plan, key) is kept: a repeated request (every
 # cache hit) then costs a lookup instead of the plan checks and the key's JSON and sha256.
 RESOLVED_MEMO_CHARS: Final = 1_000_000
@@ -304,6 +306,8 @@ class SpeechService:
         self.scheduler = scheduler
         self._metrics = metrics
         self._flights: dict[str, Flight] = {}
+        # Seconds of compute per window frame, by voice, from recent windows: sizes first windows.
+        self._frame_compute_s: dict[str, float] = {}
         self._loaded = asyncio.Event()
         # espeak is serialized anyway; its own thread keeps phonemizing from queueing behind
         # inference, which would delay every new request's first chunk.
@@ -680,7 +684,7 @@ class SpeechService:
         else:
             # A job's sentence has no listener waiting for its first audio: no small first window.
             small = not flight.chunks and not flight.background
-            first = s.first_window_frames if small else s.window_frames
+            first = self._first_window(flight, voice, encode_s) if small else s.window_frames
             bounds = window_bounds(encoded.frames, first, s.window_frames)
         margins = (voice.windows.flow_margin, voice.windows.decoder_margin)
         for number, (start, end) in enumerate(bounds):
@@ -706,6 +710,28 @@ class SpeechService:
                 voice.batch_limit,
                 end - start,
             )
+
+    def _first_window(self, flight: Flight, voice: Voice, encode_s: float) -> int:
+        """Frames of a stream's first window: small when it starts alone; when other streams are
+        starting too, enough audio to play while their first work (their encoders and first
+        windows, which go first) and this stream's second window are made, so starting together
+        does not make the first ones run dry."""
+        s = self._settings
+        windows = voice.windows
+        per_frame = self._frame_compute_s.get(voice.voice_id) or (windows and windows.frame_compute_s)
+        starting = sum(
+            1
+            for other in self._flights.values()
+            if other is not flight and not other.chunks and not other.background and not other.finished
+        )
+        if not starting or not per_frame or windows is None:
+            return s.first_window_frames
+        wait_s = FIRST_WINDOW_SAFETY * (
+            starting * (encode_s + per_frame * s.first_window_frames)
+            + (starting + 1) * per_frame * s.window_frames
+        )
+        frame_s = windows.hop / voice.sample_rate
+        return max(s.first_window_frames, min(s.window_frames, math.ceil(wait_s / frame_s)))
 
     async def _job(
         self,
@@ -733,6 +759,10 @@ class SpeechService:
             pacer.encoded(compute_s)
             return result, compute_s
         pacer.played(len(result), compute_s, frames, flight.sample_rate)
+        if key[0] == "window":
+            per_frame = compute_s / max(1, frames)
+            known = self._frame_compute_s.get(key[1], per_frame)
+            self._frame_compute_s[key[1]] = 0.8 * known + 0.2 * per_frame
         flight.append(result)
         return result
 

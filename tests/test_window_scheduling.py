@@ -214,3 +214,33 @@ def test_windows_of_two_concurrent_streams_share_one_inference_call_when_batchin
     shared = [c for c in calls if c.kind == "window" and set(c.streams) == {0, 1}]
     assert shared, [(c.kind, c.streams) for c in calls]
     assert all(len(c.streams) == 2 for c in shared)  # one window of each stream per shared call
+
+
+def test_streams_starting_together_get_first_windows_long_enough_to_play_while_the_others_start(tmp_path):
+    async def first_chunk(harness: Harness, n: int) -> tuple[float, int]:
+        chunks = harness.stream(n)
+        at, chunk = await chunks.__anext__()
+        async for _ in chunks:  # the rest, so the stream plays on while the others start
+            pass
+        return at, len(chunk)
+
+    async def scenario() -> tuple[list[tuple[float, int]], int, int]:
+        harness = Harness(make_settings(tmp_path))
+        await harness.start()
+        try:
+            together = await asyncio.gather(*(first_chunk(harness, n) for n in range(4)))
+            _, alone = await first_chunk(harness, 4)
+            voice = harness.services.catalog.get(harness.settings.synthesis.default_voice)
+            assert voice.windows is not None
+            small = harness.settings.synthesis.first_window_frames * voice.windows.hop * 2  # PCM bytes
+            return sorted(together), alone, small
+        finally:
+            await harness.close()
+
+    together, alone, small = asyncio.run(scenario())
+
+    # Alone, a stream's first window is the small one: its first audio comes soonest.
+    assert alone == small
+    # The first of four to start must keep playing while the other three's encoders and first
+    # windows run (they go first) and its own second window is made: a small window would run dry.
+    assert together[0][1] > small

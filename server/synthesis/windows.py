@@ -15,6 +15,7 @@ not the whole sentence.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -100,6 +101,9 @@ class WindowedEngine:
         self.hop = 0  # samples per frame, measured by `calibrate`
         self.flow_margin = 0
         self.decoder_margin = 0
+        # Seconds of compute per frame, window by window, as timed while the margins were checked:
+        # the scheduler's first estimate before any stream has run.
+        self.frame_compute_s = 0.0
 
     def encode(
         self,
@@ -235,7 +239,9 @@ def find_margins(
     largest = 0.0
     for margin in (flow_fixed,) if flow_fixed else FLOW_MARGINS:
         engine.flow_margin = margin
+        started = time.perf_counter()
         largest = difference(windowed(engine, encoded, first, size))
+        engine.frame_compute_s = (time.perf_counter() - started) / max(1, encoded.frames)
         if largest <= FLOW_SHARE * WINDOW_TOLERANCE:
             break
     if largest > WINDOW_TOLERANCE or not (fixed[0] or largest <= FLOW_SHARE * WINDOW_TOLERANCE):
