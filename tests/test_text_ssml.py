@@ -99,6 +99,14 @@ def test_a_rate_change_inside_a_sentence_adds_no_pause_and_one_after_a_sentence_
     ]
 
 
+def test_a_break_alone_between_paragraphs_keeps_its_time():
+    document = (
+        '<speak><p>One.</p>\n  <break time="1s"/>\n  <prosody rate="slow"><p>Two.</p></prosody></speak>'
+    )
+    segments = plan_text(document, TextFormat.SSML, "en-us", FRONT).segments
+    assert [(s.text, s.pause_s) for s in segments] == [("One.", 0.3), ("", 1.0), ("Two.", 0.3)]
+
+
 def test_sub_reads_its_alias():
     assert said('<sub alias="World Wide Web">WWW</sub> rules.') == [("World Wide Web rules.", 0.3)]
 

@@ -170,6 +170,7 @@ def segment(
     for block in blocks:
         block_segments: list[Segment] = []
         for pieces, pause, ends_sentence in _stretches(block):
+            said = len(block_segments)
             if pieces:
                 first = pieces[0]
                 for sentence in _split(pieces, language):
@@ -180,7 +181,7 @@ def segment(
                 _set_pause(block_segments, pause)
             elif ends_sentence:
                 _set_pause(block_segments, pauses.sentence_s)
-            elif pieces and block_segments and not _ENDED.search(block_segments[-1].text):
+            elif len(block_segments) > said and not _ENDED.search(block_segments[-1].text):
                 # A change of voice or rate inside a sentence: the sentence goes on, unpaused.
                 _set_pause(block_segments, 0.0)
         if block_segments and not _explicit(block):
