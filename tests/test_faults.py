@@ -326,6 +326,19 @@ def test_mass_disconnects_leak_no_tasks_slots_or_redis_connections(make_server, 
     assert server.metric("tts_inferences_total") < 16 * 13  # dropped streams stopped synthesizing
 
 
+def test_sigterm_during_a_redis_outage_stops_the_server_cleanly_and_promptly(make_server, make_redis):
+    redis = make_redis()
+    server = make_server({"TTS__REDIS__URL": redis.url})
+    assert server.get("/tts?" + query(text=unique_text("Before the outage"))).status == 200
+    redis.stop()
+    server.signal(signal.SIGTERM)
+    assert server.proc is not None
+    server.proc.wait(15)  # well within the 30 s grace: nothing waits on the missing Redis
+
+    assert server.proc.returncode == 0
+    assert "Traceback" not in server.log_path.read_text()
+
+
 def test_sigterm_lets_a_stream_in_flight_finish(make_server):
     server = make_server({"TTS__SERVER__GRACEFUL_TIMEOUT_S": "30"})
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)

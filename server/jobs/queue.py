@@ -34,6 +34,7 @@ OUTAGE_BACKOFF_S: Final = 1.0
 # On shutdown, how long a running job may go on (its sentence finishing, its cursor saved) before
 # it is cancelled and queued again; also lets the idle dequeues end instead of being cancelled.
 SHUTDOWN_GRACE_S: Final = 1
+DISCONNECT_TIMEOUT_S: Final = 2.0
 
 
 # Called when a job ends failed or aborted: (the SAQ job's key, True when the sweep ended it).
@@ -204,5 +205,10 @@ class JobQueues:
         return {"queued": info["queued"], "active": info["active"], "workers": len(info["workers"])}
 
     async def disconnect(self) -> None:
+        """Close both queues' connections; with Redis gone (an outage during a shutdown) SAQ's
+        unsubscribe would retry its connection and raise, so each gets a bounded, quiet try."""
         for queue in (self.jobs, self.webhooks):
-            await queue.disconnect()
+            try:
+                await asyncio.wait_for(queue.disconnect(), DISCONNECT_TIMEOUT_S)
+            except (RedisError, OSError, TimeoutError) as exc:
+                logger.warning("queue {} closed without Redis: {}", queue.name, type(exc).__name__)
