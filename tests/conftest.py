@@ -72,6 +72,12 @@ def multi_speaker_voice(models_dir: Path, name: str = "en_US-duo-medium") -> str
     return name
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked slow (minutes, not seconds) first: pytest-xdist hands tests out in order,
+    so each starts on a worker of its own at once instead of stretching the run's tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def unique_text(prefix: str = "Test") -> str:
     """Text no other test asks for, so each test sees its own cache misses."""
     return f"{prefix} number {uuid.uuid4().int % 10**9:,}."

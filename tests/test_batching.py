@@ -196,6 +196,7 @@ def synthesize_all(server, texts: list[str]) -> list[bytes]:
     return [server.get(f"/audio/{meta['hash']}.wav").body for meta in metas]
 
 
+@pytest.mark.slow
 def test_concurrent_requests_share_inference_calls_and_get_the_audio_they_would_alone(
     make_server, still_voice
 ):

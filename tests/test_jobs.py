@@ -633,6 +633,7 @@ def first_audio_s(server: ServerProcess, text: str) -> float:
 # -- durability --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_job_whose_worker_is_killed_resumes_elsewhere_and_no_sentence_is_synthesized_twice(tmp_path):
     redis = RedisProcess(tmp_path / "redis").start()
     env = {"TTS__REDIS__URL": redis.url, **FAST}

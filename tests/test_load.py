@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import psutil
+import pytest
 
 from server.audio.pcm import parse_wav
 from tests.conftest import query, unique_text
@@ -18,6 +19,7 @@ DURATION_S = 6.0
 EXPECTED = {200, 429, 503}  # 429: rate limited (limits on, one client address); 503: queue full
 
 
+@pytest.mark.slow
 def test_mixed_load_has_no_errors_and_every_url_keeps_its_bytes(make_server, make_redis):
     redis = make_redis()
     env = {

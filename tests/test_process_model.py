@@ -177,6 +177,7 @@ class Traffic:
         self._thread.join(60)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(make_server):
     srv = make_server({"TTS__SERVER__WORKERS": "2"}, command="gunicorn")
     master = psutil.Process(srv.proc.pid)
