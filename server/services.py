@@ -25,6 +25,7 @@ from server.cache.s3 import ObjectStore, StoreMisconfigured
 from server.cache.tiers import WORDS_SUFFIX, TieredCache
 from server.clients import Network, default_allowed_hosts, host_name, parse_networks
 from server.jobs.service import JobService
+from server.memory import IdleTrim
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 from server.renditions import Renditions
@@ -40,6 +41,7 @@ class Lifecycle:
 
     draining: bool = False
     in_flight: int = 0  # requests being handled, streams included
+    trim: IdleTrim = field(default_factory=IdleTrim)  # the heap goes back when no request is in flight
     started_at: float = field(default_factory=time.time)  # the `created` of /v1/models
 
 

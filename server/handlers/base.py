@@ -89,7 +89,10 @@ class BaseHandler(tornado.web.RequestHandler):
         if not getattr(self, "_counted", False):
             return
         self._counted = False
-        self.services.lifecycle.in_flight -= 1
+        lifecycle = self.services.lifecycle
+        lifecycle.in_flight -= 1
+        if not lifecycle.in_flight:
+            lifecycle.trim.idle()
         elapsed = time.perf_counter() - self.started
         status = self.get_status()
         self.services.metrics.answered(self.route, status, elapsed)
