@@ -66,6 +66,7 @@ HEALTH_EVERY_S = 0.02
 LOAD_STREAMS = 8
 PLAYING_STREAMS = 3  # already playing when the preemption row's stream arrives
 QUIET_S = 0.3  # after dropping a stream: its synthesis is cancelled and the server idle again
+SETTLE_S = 1.0  # after the last load, before the memory is read: the idle heap trim has run
 ADMIN_KEY = "bench-admin-key-0123456789"  # the bench servers' admin key, for /admin/runtime (L1 bytes)
 
 # Realistic paragraphs, 5+ sentences each, with commas (clause splits matter to the chunker).
@@ -1508,6 +1509,10 @@ async def run(args: argparse.Namespace) -> None:
             log(f"hits: {watch.phases['hits']['wall_s']:.1f} s")
             report["hit_audio_bytes"] = len(audio.body)
             report["background"] = watch.phases
+            # Resident sizes once the run has settled: a worker gives its freed heap back when no
+            # request is left in flight (server.memory.IdleTrim), in a thread, just after the last
+            # load generator's connections close.
+            await asyncio.sleep(SETTLE_S)
             runtime = await client.runtime()
             report["memory"] = {
                 "server_rss_mib": psutil.Process(server.proc.pid).memory_info().rss / 2**20,
