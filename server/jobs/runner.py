@@ -34,8 +34,7 @@ from server.metrics import Metrics
 from server.request import SpeechRequest, speech_request
 from server.schemas import SpeechFields
 from server.settings import Settings
-from server.speech import Audio, SpeechService
-from server.text.markdown import MarkdownRules
+from server.speech import Audio, SpeechService, front_end
 from server.text.plan import segment_language
 from server.text.spans import TextFormat
 
@@ -83,7 +82,7 @@ class JobRunner:
         settings = self._settings
         rules = SplitRules(
             segment_language(voice.espeak_voice),
-            MarkdownRules(settings.text.code_block_text, settings.text.table_text),
+            front_end(settings.synthesis, settings.text).markdown,  # the rules /tts reads markdown by
             settings.synthesis.max_text_chars,
         )
         text_format = TextFormat(wanted.get("text_format", TextFormat.PLAIN))
