@@ -7,7 +7,9 @@ a per-sentence normalization: that makes loudness jump between chunks.
 
 pyloudnorm filters with SciPy, which costs a worker about 66 MiB for the rest of its life to
 measure one figure per voice at load. So a worker measures in a short-lived child process
-(`python -m server.audio.loudness`, about a second, once per voice) and never imports either.
+(`python -m server.audio.loudness`, once per voice) and never imports either. The child is
+started before the voice loads (`LoudnessMeter`), so its second of imports runs beside the
+graph's loading instead of after it.
 
 The limiter is memoryless (a soft knee on each sample), so windows of an utterance limited one
 by one give exactly the samples of the whole utterance limited at once.
@@ -31,21 +33,43 @@ METER_TIMEOUT_S: Final = 120.0
 _IMPORT_ROOT: Final = Path(__file__).resolve().parents[2]
 
 
+class LoudnessMeter:
+    """A child process that measures one integrated loudness (ITU-R BS.1770, pyloudnorm).
+
+    Started at once: the child imports pyloudnorm and SciPy while the caller gets its samples
+    ready. `measure` is called once; `close` ends a child that was never asked.
+    """
+
+    def __init__(self) -> None:
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=_IMPORT_ROOT,
+        )
+
+    def measure(self, samples: np.ndarray, sample_rate: int) -> float:
+        """Integrated loudness of mono float samples in LUFS (at least 0.4 s of audio)."""
+        data = np.asarray(samples, dtype="<f8").reshape(-1).tobytes()
+        try:
+            out, err = self._child.communicate(f"{sample_rate}\n".encode() + data, timeout=METER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise RuntimeError("the loudness meter did not answer") from None
+        if self._child.returncode != 0:
+            raise RuntimeError(f"the loudness meter failed: {err.decode(errors='replace').strip()}")
+        return float(out)
+
+    def close(self) -> None:
+        if self._child.poll() is None:
+            self._child.kill()
+            self._child.communicate()
+
+
 def integrated_lufs(samples: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness of mono float samples in LUFS (at least 0.4 s of audio), measured by
-    pyloudnorm in a child process."""
-    data = np.asarray(samples, dtype="<f8").reshape(-1).tobytes()
-    done = subprocess.run(
-        [sys.executable, "-m", __name__, str(sample_rate)],
-        input=data,
-        capture_output=True,
-        cwd=_IMPORT_ROOT,
-        timeout=METER_TIMEOUT_S,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the loudness meter failed: {done.stderr.decode(errors='replace').strip()}")
-    return float(done.stdout)
+    """Integrated loudness of mono float samples in LUFS, measured in a child process."""
+    return LoudnessMeter().measure(samples, sample_rate)
 
 
 def _measure(sample_rate: int, data: bytes) -> float:
@@ -72,5 +96,8 @@ def limit(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
-if __name__ == "__main__":  # the child: float64 samples on stdin, the rate as the argument
-    print(repr(_measure(int(sys.argv[1]), sys.stdin.buffer.read())))
+if __name__ == "__main__":  # the child: the rate on stdin's first line, then float64 samples
+    import pyloudnorm  # noqa: F401  (now, while the parent is still making the samples)
+
+    rate = int(sys.stdin.buffer.readline())
+    print(repr(_measure(rate, sys.stdin.buffer.read())))

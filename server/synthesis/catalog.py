@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from loguru import logger
 
-from server.audio.loudness import gain_to, integrated_lufs
+from server.audio.loudness import LoudnessMeter, gain_to
 from server.errors import UnknownVoice
 from server.memory import trim_heap
 from server.settings import Settings
@@ -80,9 +80,12 @@ class VoiceCatalog:
             if problem is not None:
                 logger.error("voice {} skipped: {}", voice_files.voice_id, problem)
                 continue
+            meter = None if synthesis.gain else LoudnessMeter()  # its imports overlap the loading
             try:
                 voice = Voice.load(voice_files, options)
             except Exception as exc:
+                if meter is not None:
+                    meter.close()
                 if voice_files.voice_id == self.default_voice:
                     raise
                 logger.error(
@@ -90,7 +93,7 @@ class VoiceCatalog:
                 )
                 continue
             self._warm_up(voice)
-            voice.gain = self._gain(voice)
+            voice.gain = self._gain(voice, meter)
             voice.batch_limit = self._batch_limit(voice)
             self._voices[voice.voice_id] = voice
         trim_heap()  # loading freed the model protos and the split parts' bytes: about 65 MiB
@@ -109,12 +112,12 @@ class VoiceCatalog:
         for count in CUDA_WARMUP_LENGTHS if voice.provider == CUDA else WARMUP_LENGTHS:
             voice.infer(voice.warmup_ids(count), 1.0, voice.speaker_id(None))
 
-    def _gain(self, voice: Voice) -> float:
+    def _gain(self, voice: Voice, meter: LoudnessMeter | None) -> float:
         """`synthesis.gain` when set; else the gain that brings the voice to `loudness_lufs`."""
         synthesis = self._settings.synthesis
-        if synthesis.gain:
+        if synthesis.gain or meter is None:
             return synthesis.gain
-        lufs = measured_lufs(voice)
+        lufs = measured_lufs(voice, meter)
         gain = gain_to(synthesis.loudness_lufs, lufs)
         logger.info(
             "{}: {:.1f} LUFS, gain {:.3f} to {} LUFS", voice.voice_id, lufs, gain, synthesis.loudness_lufs
@@ -164,12 +167,12 @@ def batch_matches_alone(voice: Voice) -> bool:
     )
 
 
-def measured_lufs(voice: Voice) -> float:
+def measured_lufs(voice: Voice, meter: LoudnessMeter | None = None) -> float:
     """Loudness of the fixed warm-up sentence with the noise off: the same in every process."""
     (samples,) = voice.infer_batch(
         [voice.warmup_ids()], 1.0, [voice.speaker_id(None)], noise_scale=0, noise_w=0
     )
-    return integrated_lufs(samples, voice.sample_rate)
+    return (meter or LoudnessMeter()).measure(samples, voice.sample_rate)
 
 
 def _rms(samples: np.ndarray) -> float:
