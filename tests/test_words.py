@@ -12,6 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from server.synthesis.catalog import bundled_voice
+from server.synthesis.voice import RuntimeOptions, Voice
+from server.text.utterances import join_sentences
+from server.timings import _phoneme_words, _said_alone
 from tests.conftest import ServerProcess, query, unique_text
 
 SAMPLE_RATE = 22050  # en_US-joe-medium
@@ -227,3 +231,36 @@ def test_openai_sse_adds_word_events_before_their_audio_when_asked(server):
     assert kinds[-1] == "speech.audio.done"
     words = [w for p in payloads if p["type"] == "speech.words" for w in p["words"]]
     assert [w["word"] for w in words] == text.split()
+
+
+# Counting words as espeak says them (which written word each phoneme belongs to). espeak merges
+# function words ("on the"), so most sentences count their words one by one; plain words are
+# counted without asking espeak, and that count must be espeak's own.
+SAID_ALONE = {
+    "candy": 1,
+    "Kitchen": 1,
+    "NASA": 1,
+    "don't": 1,
+    "O'Neill": 1,
+    "children.": 1,
+    '"quoted,"': 1,
+    "(aside)": 1,
+    "iPhone": 2,  # camel case: two words
+    "macOS": 2,
+    "XIV": 2,  # a Roman numeral: "Roman fourteen"
+    "1999": 3,
+    "well-known": 1,
+    "$5": 2,
+    ".venv": 2,  # a leading dot is said
+}
+
+
+@pytest.fixture(scope="module")
+def voice() -> Voice:
+    return Voice.load(bundled_voice(), RuntimeOptions(provider="cpu", intra_op_threads=1, windowed=False))
+
+
+@pytest.mark.parametrize(("word", "words"), SAID_ALONE.items())
+def test_a_words_count_alone_is_espeaks_whether_or_not_espeak_is_asked(voice, word, words):
+    asked = _phoneme_words(join_sentences(voice.phonemize(word)))
+    assert _said_alone(voice, word) == asked == words
