@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import json
 import re
 import socket
 import time
@@ -486,6 +487,38 @@ def test_a_request_id_is_generated_when_missing_or_invalid(server, given):
     second = server.get("/healthz", headers=headers).headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", first)
     assert first != second
+
+
+def access_lines(server: ServerProcess, request_id: str) -> list[dict]:
+    """The access lines logged for a request id (written when the server's IOLoop turn ends)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [
+            json.loads(line)
+            for line in server.logs().splitlines()
+            if line.startswith("{") and f'"request_id": "{request_id}"' in line
+        ]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_every_request_logs_one_json_access_line_with_its_outcome_and_never_the_text(server):
+    text = unique_text("Logged privately")
+    server.get("/tts?" + query(text=text))
+    server.get("/tts?" + query(text=text), headers={"X-Request-ID": "access-line-hit"})
+    server.get("/tts?text=x&speed=abc", headers={"X-Request-ID": "access-line-400"})
+
+    (hit,) = access_lines(server, "access-line-hit")
+    assert hit["message"] == "GET /tts 200"
+    assert hit["level"] == "INFO" and hit["logger"] == "server.access"
+    assert (hit["method"], hit["path"], hit["status"], hit["cache"]) == ("GET", "/tts", 200, "l1")
+    assert (hit["voice"], hit["text_chars"], hit["client"]) == ("en_US-joe-medium", len(text), "127.0.0.1")
+    assert 0 < hit["duration_ms"] < 60_000
+    assert hit["time"].endswith("+00:00")  # UTC, as every other line
+    (refused,) = access_lines(server, "access-line-400")
+    assert refused["status"] == 400
+    assert "Logged privately" not in server.logs()
 
 
 def test_error_answers_carry_a_request_id(server):
