@@ -71,8 +71,10 @@ def test_gauges_return_to_zero_when_idle(busy_server):
 
 def test_redis_errors_are_counted(busy_server):
     server, redis = busy_server
-    assert server.metric("tts_redis_errors_total") == 0
+    # Not necessarily 0 before: on a loaded machine a call can outlast redis.timeout_s (0.25 s),
+    # and that is an error too.
+    before = server.metric("tts_redis_errors_total")
     redis.stop()
     for _ in range(4):
         assert server.get("/tts?" + query(text=unique_text("No redis"))).status == 200
-    assert server.metric("tts_redis_errors_total") >= 1
+    assert server.metric("tts_redis_errors_total") >= before + 1
