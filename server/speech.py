@@ -159,6 +159,7 @@ class Flight:
         # (segment, word) -> [first, end) samples of the word in the flight's PCM
         self.word_samples: dict[tuple[int, int], list[int]] = {}
         self.timed = True  # every utterance had frames per phoneme (a windowed voice)
+        self.words_stored: asyncio.Future[None] | None = None  # the timings' put, once all are known
         self.plan: TextPlan | None = None
         self.words: list[dict[str, Any]] = []  # timings of the words encoded so far, in order
         self.pcm_bytes = 0
@@ -535,15 +536,17 @@ class SpeechService:
             flight.finish(wav_bytes(flight.sample_rate, b"".join(flight.chunks)))
             if flight.timed:
                 # Before the WAV reaches the shared tiers: whoever finds the audio finds its word
-                # timings too (this worker's L1 has the WAV at once, as before).
+                # timings too (this worker's L1 has the WAV at once, as before). They were stored
+                # while the last windows were made (`_store_words`).
                 self.cache.memory.put(entry_name(flight.key, WAV_SUFFIX), flight.wav)
-                words = word_timings(flight.word_samples, flight.sample_rate, resolved.plan)
-                await self.cache.put(flight.key, json.dumps(words).encode(), WORDS_SUFFIX)
+                await (flight.words_stored or self._store_words(flight, resolved.plan))
             durable = await self.cache.put(flight.key, flight.wav)
             if not durable:
                 self._metrics.storage_errors.inc()
             flight.stored.set_result(durable)
         except asyncio.CancelledError:
+            if flight.words_stored is not None:
+                flight.words_stored.cancel()
             flight.fail(SynthesisFailed("synthesis was cancelled"))
             raise
         except TTSError as error:
@@ -562,11 +565,16 @@ class SpeechService:
             if lock_token is not None:
                 await self.cache.redis.release_lock(flight.key, lock_token)
 
+    async def _store_words(self, flight: Flight, plan: TextPlan) -> None:
+        words = word_timings(flight.word_samples, flight.sample_rate, plan)
+        await self.cache.put(flight.key, json.dumps(words).encode(), WORDS_SUFFIX)
+
     async def _segments(self, flight: Flight, resolved: _Resolved, lock_token: str | None) -> None:
         """The plan's segments in order: each phonemized (in the text thread), then its utterances."""
         loop = asyncio.get_running_loop()
         pacer = _Pacer(flight, loop, self._settings.lookahead_chunks)
         segments = resolved.plan.segments
+        last_spoken = max((index for index, segment in enumerate(segments) if segment.runs), default=-1)
         spoken = False
         for index, segment in enumerate(segments):
             pause = 0.0 if index == len(segments) - 1 else segment.pause_s  # no silence at the end
@@ -583,8 +591,9 @@ class SpeechService:
             length_scale = resolved.length_scale / segment.rate
             if voice is not resolved.voice:
                 length_scale *= voice.length_scale / resolved.voice.length_scale
-            for utterance, utterance_words in zip(utterances, sliced, strict=True):
+            for number, (utterance, utterance_words) in enumerate(zip(utterances, sliced, strict=True)):
                 silence_s = pause if utterance.ends_sentence else 0.0
+                final = index == last_spoken and number == len(utterances) - 1
                 await self._utterance(
                     flight,
                     voice,
@@ -595,6 +604,7 @@ class SpeechService:
                     resolved.volume,
                     pacer,
                     (index, utterance_words),
+                    final=final,
                 )
                 spoken = True
             if lock_token is not None:
@@ -642,8 +652,14 @@ class SpeechService:
         volume: float,
         pacer: _Pacer,
         timing: tuple[int, tuple[int | None, ...]] = (0, ()),
+        *,
+        final: bool = False,
     ) -> None:
-        """One utterance: the encoder once, then its windows in order (or one whole-utterance job)."""
+        """One utterance: the encoder once, then its windows in order (or one whole-utterance job).
+
+        `final`: the flight's last; once it is encoded every word is placed, so the word timings
+        are stored while its windows are made (`_produce` awaits them before storing the WAV).
+        """
         ids = tuple(voice.phoneme_ids(utterance.phonemes))
         scale_key = (voice.voice_id, length_scale)
         if voice.windows is None:
@@ -676,6 +692,8 @@ class SpeechService:
             SentenceFrames(ids, tuple(int(f) for f in encoded.durations), voice.windows.hop, start_sample)
         )
         self._time_words(flight, voice, timing[0], utterance, timing[1])
+        if final and flight.timed and flight.plan is not None:
+            flight.words_stored = asyncio.ensure_future(self._store_words(flight, flight.plan))
         s = self._settings
         if flight.unbounded and not flight.background:
             # A file: nobody listens while it is made, so one window is fastest. A job's sentence
