@@ -4,9 +4,10 @@ glibc keeps freed memory for reuse, in one arena per thread that allocated it, s
 resident size stays at the peak of whatever it once did (loading a voice, a burst of whole-
 sentence calls) long after. `malloc_trim` returns the free pages of every arena. It is called
 after the voices load, whenever the last synthesis in flight ends, and (`IdleTrim`) whenever the
-last request in flight ends, at most every few seconds: a burst of cache hits leaves its request
-and response buffers behind too. Always from a thread: it walks the arenas under their locks,
-which must not stall the IOLoop. Without glibc it does nothing.
+last request in flight ends, at most every few seconds (and within that long of going idle): a
+burst of cache hits leaves its request and response buffers behind too. Always from a thread: it
+walks the arenas under their locks, which must not stall the IOLoop. Without glibc it does
+nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import time
+from collections.abc import Callable
 from typing import Final
 
 IDLE_TRIM_INTERVAL_S: Final = 5.0
@@ -26,15 +28,32 @@ def trim_heap() -> None:
 
 
 class IdleTrim:
-    """Trims the heap when the worker goes idle (no request in flight), at most once an interval."""
+    """Trims the heap when the worker goes idle (no request in flight), at most once an interval.
+
+    Going idle again within the interval defers the trim to the interval's end, when it runs if
+    the worker is still idle then: so a worker that stays idle is always trimmed within one
+    interval, not left at the peak of a burst that ended just after the previous trim.
+    """
 
     def __init__(self, interval_s: float = IDLE_TRIM_INTERVAL_S) -> None:
         self._interval_s = interval_s
-        self._last = 0.0
+        self._last = -interval_s
+        self._deferred: asyncio.TimerHandle | None = None
 
-    def idle(self) -> None:
-        """The last request in flight ended (on the IOLoop)."""
-        now = time.monotonic()
-        if now - self._last >= self._interval_s:
-            self._last = now
-            asyncio.get_running_loop().run_in_executor(None, trim_heap)
+    def idle(self, still_idle: Callable[[], bool]) -> None:
+        """The last request in flight ended (on the IOLoop); `still_idle` tells whether none has
+        started since (for a deferred trim)."""
+        wait = self._last + self._interval_s - time.monotonic()
+        if wait <= 0:
+            self._trim()
+        elif self._deferred is None:
+            self._deferred = asyncio.get_running_loop().call_later(wait, self._later, still_idle)
+
+    def _later(self, still_idle: Callable[[], bool]) -> None:
+        self._deferred = None
+        if still_idle():
+            self._trim()
+
+    def _trim(self) -> None:
+        self._last = time.monotonic()
+        asyncio.get_running_loop().run_in_executor(None, trim_heap)
