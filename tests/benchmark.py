@@ -18,8 +18,11 @@
   32 keep-alive connections, beside a bare Tornado app in its own process (a small JSON, and a
   body the size of the WAV); the load generator runs in separate processes and checks that every
   answer came from the named tier;
-- memory: the servers' resident size after all of it, and the bytes the L1 server's cache holds
-  (from `/admin/runtime`), to tell the engine's share from the cache's.
+- memory: the servers' resident size after all of it (each trimmed its heap when it went idle),
+  and the bytes the L1 server's cache holds (from `/admin/runtime`), to tell the engine's share
+  from the cache's; beside them a third, L1-less server that did the L1 server's kinds of engine
+  work (misses, every format, 8 cold streams) and served no hits, so that "L1 server minus its
+  L1 bytes" can be compared with the same work done without an L1.
 
 Every timing is the median of a few repeats. This is a shared 2-core machine, so the CPU that
 other processes used during each phase is reported too: a figure taken while they were busy is
@@ -47,13 +50,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 # Heavy imports (the server, onnxruntime, tornado, psutil) stay inside the functions that need
 # them, so the load generator and the bare app start quickly and carry none of the server's code.
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if TYPE_CHECKING:
+    from tests.conftest import ServerProcess
 
 RESULTS = ROOT / "bench-results" / "bench.json"
 THROUGHPUT_RESULTS = ROOT / "bench-results" / "throughput.json"
@@ -66,7 +71,9 @@ HEALTH_EVERY_S = 0.02
 LOAD_STREAMS = 8
 PLAYING_STREAMS = 3  # already playing when the preemption row's stream arrives
 QUIET_S = 0.3  # after dropping a stream: its synthesis is cancelled and the server idle again
-SETTLE_S = 1.0  # after the last load, before the memory is read: the idle heap trim has run
+# After the last load, before the memory is read: a worker trims its heap within the idle-trim
+# interval (server.memory.IDLE_TRIM_INTERVAL_S, 5 s) of going idle.
+SETTLE_S = 6.0
 ADMIN_KEY = "bench-admin-key-0123456789"  # the bench servers' admin key, for /admin/runtime (L1 bytes)
 
 # Realistic paragraphs, 5+ sentences each, with commas (clause splits matter to the chunker).
@@ -772,6 +779,27 @@ async def measure_job_priority(
     }
 
 
+async def measure_engine_twin(twin: ServerProcess, nonces: Nonces) -> None:
+    """The L1 server's kinds of engine work on an L1-less server, on texts of their own (misses
+    all): /tts misses of the paragraph and the short text, a stream in every format, and 8 cold
+    streams at once. Its resident size is then the engine's share without an L1."""
+    from tests.conftest import query
+
+    client = Client(twin.base)
+    try:
+        for _ in range(2):
+            await client.tts(paragraph_text(0, nonces.take()))
+        for _ in range(4):
+            await client.tts(short_text(nonces.take()))
+        for name in ("mp3", "opus", "aac", "flac", "wav"):
+            text = paragraph_text(0, nonces.take())
+            await client.first_byte(f"/tts/stream?{query(text=text, format=name)}")  # the whole stream
+        texts = [paragraph_text(1 + i, nonces.take()) for i in range(LOAD_STREAMS)]
+        await measure_load(client, twin.port, texts)
+    finally:
+        client.close()
+
+
 def first_sentence_text(label: str, nonce: int) -> str:
     """One of issue 13's comma-free sentences first; the nonce in a sentence after it."""
     return f"{ENGINE_SENTENCES[label].rstrip('.')}. Reference {nonce}."
@@ -1267,6 +1295,19 @@ def memory_rows(m: dict[str, Any]) -> list[Row]:
             "<= 1.10",
             engine / m["l2_server_rss_mib"] <= 1.10,
         ),
+        Row(
+            "L1-less server after the same engine work: RSS",
+            f"{m['twin_rss_mib']:.0f} MiB",
+            "misses, every format, 8 cold streams; no hits",
+        ),
+        Row(
+            "L1 server RSS minus its L1 bytes, vs the same work without L1",
+            f"{engine:.0f} MiB",
+            f"{m['twin_rss_mib']:.0f} MiB L1-less server after the same engine work",
+            engine / m["twin_rss_mib"],
+            "<= 1.10",
+            engine / m["twin_rss_mib"] <= 1.10,
+        ),
     ]
 
 
@@ -1384,6 +1425,12 @@ async def run(args: argparse.Namespace) -> None:
         l2_server = ServerProcess(
             work / "l2", {"TTS__REDIS__URL": redis.url, "TTS__CACHE__L1_MAX_BYTES": "0", **admin}
         )
+        # Another L1-less server that does the L1 server's kinds of engine work (misses, every
+        # format, 8 cold streams) instead of serving hits: what the L1 server weighs apart from
+        # its L1, to compare "RSS minus L1 bytes" with (see measure_engine_twin).
+        twin = ServerProcess(
+            work / "twin", {"TTS__REDIS__URL": redis.url, "TTS__CACHE__L1_MAX_BYTES": "0", **admin}
+        )
         bare_port = free_port()
         bare: subprocess.Popen[bytes] | None = None
         clients: list[Client] = []
@@ -1465,6 +1512,12 @@ async def run(args: argparse.Namespace) -> None:
                 )
             log(f"first audio during a job: {watch.phases['jobs']['wall_s']:.1f} s")
 
+            log("the L1-less server doing the same engine work")
+            twin.start()
+            with watch.phase("twin"):
+                await measure_engine_twin(twin, nonces)
+            log(f"engine twin: {watch.phases['twin']['wall_s']:.1f} s")
+
             log("starting the L2-only server and the bare tornado app")
             l2_server.start()
             bare = subprocess.Popen(
@@ -1519,10 +1572,11 @@ async def run(args: argparse.Namespace) -> None:
                 "server_l1_mib": runtime["l1_bytes"] / 2**20,
                 "l2_server_rss_mib": psutil.Process(l2_server.proc.pid).memory_info().rss / 2**20,
                 "l2_server_l1_mib": (await l2_client.runtime())["l1_bytes"] / 2**20,
+                "twin_rss_mib": psutil.Process(twin.proc.pid).memory_info().rss / 2**20,
                 "benchmark_rss_mib": psutil.Process().memory_info().rss / 2**20,
             }
         except BaseException:
-            for proc in (server, l2_server):
+            for proc in (server, l2_server, twin):
                 if proc.proc is not None:
                     log(f"last log lines of {proc.base}:\n" + "\n".join(proc.logs().splitlines()[-20:]))
             raise
@@ -1534,6 +1588,7 @@ async def run(args: argparse.Namespace) -> None:
                 bare.wait(10)
             server.stop()
             l2_server.stop()
+            twin.stop()
             redis.stop()
 
     rows = build_rows(report)
