@@ -12,8 +12,12 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from server.cache.s3 import StoreMisconfigured, check_bucket
+from server.memory import limit_malloc_arenas
 from server.settings import SettingsError, load_settings
 from server.synthesis.files import check_voices
+
+# In the master, which has no threads yet: the workers it forks inherit the limit.
+limit_malloc_arenas()
 
 try:
     _settings = load_settings()

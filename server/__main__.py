@@ -11,6 +11,7 @@ from tornado.netutil import bind_sockets
 from server.app import make_app
 from server.cache.s3 import StoreMisconfigured, check_bucket
 from server.logs import configure_logging
+from server.memory import limit_malloc_arenas
 from server.private_redis import PrivateRedis
 from server.services import Services
 from server.settings import Settings, SettingsError, load_settings, with_overrides
@@ -19,6 +20,7 @@ from server.worker import serve
 
 
 def main() -> None:
+    limit_malloc_arenas()  # before any thread starts
     try:
         settings = load_settings()
         for line in check_voices(settings):

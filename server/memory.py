@@ -1,4 +1,4 @@
-"""Giving the heap that Python and onnxruntime freed back to the system.
+"""Giving the heap that Python and onnxruntime freed back to the system, and keeping it whole.
 
 glibc keeps freed memory for reuse, in one arena per thread that allocated it, so a worker's
 resident size stays at the peak of whatever it once did (loading a voice, a burst of whole-
@@ -15,16 +15,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import time
 from collections.abc import Callable
 from typing import Final
 
 IDLE_TRIM_INTERVAL_S: Final = 5.0
+MALLOC_ARENAS: Final = 2
+_M_ARENA_MAX: Final = -8  # mallopt's parameter number (malloc.h)
 
 
 def trim_heap() -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """At most `arenas` glibc heaps for all of the process's threads (unless MALLOC_ARENA_MAX is
+    set, which glibc reads itself). Call it before any thread starts.
+
+    glibc gives threads that allocate at once arenas of their own, up to 8 per core: the IOLoop,
+    the text thread, the inference and encoder pools each end up with one. Their free space is
+    fragmented between live blocks, and `malloc_trim` can give back only whole free pages: a
+    worker that had streamed each format once stayed at 331 MiB after the trim, against 212 MiB
+    with two arenas (and 253 against 193 after its first stream alone).
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
 class IdleTrim:
