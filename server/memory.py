@@ -3,9 +3,9 @@
 glibc keeps freed memory for reuse, in one arena per thread that allocated it, so a worker's
 resident size stays at the peak of whatever it once did (loading a voice, a burst of whole-
 sentence calls) long after. `malloc_trim` returns the free pages of every arena. It is called
-after the voices load, whenever the last synthesis in flight ends, and (`IdleTrim`) whenever the
-last request in flight ends, at most every few seconds (and within that long of going idle): a
-burst of cache hits leaves its request and response buffers behind too. Always from a thread: it
+after the voices load, and (`IdleTrim`) once the worker has been idle for a second (no request
+in flight, no synthesis running), at most every few seconds: a burst of syntheses leaves its
+calls' buffers behind, a burst of cache hits its request and response buffers. Always from a thread: it
 walks the arenas under their locks, which must not stall the IOLoop. Without glibc it does
 nothing.
 """
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Final
 
 IDLE_TRIM_INTERVAL_S: Final = 5.0
+IDLE_TRIM_DELAY_S: Final = 1.0
 MALLOC_ARENAS: Final = 2
 _M_ARENA_MAX: Final = -8  # mallopt's parameter number (malloc.h)
 
@@ -47,32 +48,34 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
 
 
 class IdleTrim:
-    """Trims the heap when the worker goes idle (no request in flight), at most once an interval.
+    """Trims the heap once the worker has been idle a moment, at most once an interval.
 
-    Going idle again within the interval defers the trim to the interval's end, when it runs if
-    the worker is still idle then: so a worker that stays idle is always trimmed within one
-    interval, not left at the peak of a burst that ended just after the previous trim.
+    Idle means no request in flight and no synthesis running (the caller's `still_idle`). The
+    trim waits `delay_s` after going idle, and runs only if the worker is still idle then: a
+    trim returns the pages of the last call's buffers, which the next call must fault back in,
+    and holds the arenas' locks while it walks them, so a worker that is busy again at once
+    keeps them (streams that follow each other closely no longer pay for a trim in between). A
+    worker that stays idle is trimmed within `delay_s` (or the rest of the interval since the
+    last trim).
     """
 
-    def __init__(self, interval_s: float = IDLE_TRIM_INTERVAL_S) -> None:
+    def __init__(self, interval_s: float = IDLE_TRIM_INTERVAL_S, delay_s: float = IDLE_TRIM_DELAY_S) -> None:
         self._interval_s = interval_s
+        self._delay_s = delay_s
         self._last = -interval_s
         self._deferred: asyncio.TimerHandle | None = None
 
     def idle(self, still_idle: Callable[[], bool]) -> None:
-        """The last request in flight ended (on the IOLoop); `still_idle` tells whether none has
-        started since (for a deferred trim)."""
-        wait = self._last + self._interval_s - time.monotonic()
-        if wait <= 0:
-            self._trim()
-        elif self._deferred is None:
-            self._deferred = asyncio.get_running_loop().call_later(wait, self._later, still_idle)
+        """The worker just went idle (on the IOLoop); `still_idle` tells, later, whether it still is."""
+        if self._deferred is not None:
+            return  # a trim is already due
+        now = time.monotonic()
+        when = max(now + self._delay_s, self._last + self._interval_s)
+        self._deferred = asyncio.get_running_loop().call_later(when - now, self._due, still_idle)
 
-    def _later(self, still_idle: Callable[[], bool]) -> None:
+    def _due(self, still_idle: Callable[[], bool]) -> None:
         self._deferred = None
         if still_idle():
-            self._trim()
-
-    def _trim(self) -> None:
-        self._last = time.monotonic()
-        asyncio.get_running_loop().run_in_executor(None, trim_heap)
+            self._last = time.monotonic()
+            with contextlib.suppress(RuntimeError):  # the executor is shut down: we are closing
+                asyncio.get_running_loop().run_in_executor(None, trim_heap)

@@ -94,6 +94,7 @@ class Services:
             max_padding=synthesis.batch_max_padding,
         )
         limiter = RateLimiter(settings.limits, redis)
+        lifecycle = Lifecycle()
         speech = SpeechService(
             synthesis,
             catalog,
@@ -103,6 +104,7 @@ class Services:
             limiter,
             lock_ttl_s=settings.redis.lock_ttl_s,
             text=settings.text,
+            on_idle=lambda: lifecycle.trim.idle(lambda: not lifecycle.in_flight and not speech.flights),
         )
         renditions = Renditions(speech, cache, metrics, settings.audio)
         return cls(
@@ -113,7 +115,7 @@ class Services:
             speech,
             renditions,
             metrics,
-            Lifecycle(),
+            lifecycle,
             KeyRing(settings.admin_api_keys),
             limiter,
             parse_networks(settings.server.trusted_proxies),

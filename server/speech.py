@@ -19,7 +19,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -40,7 +40,6 @@ from server.errors import (
     SynthesisFailed,
     TTSError,
 )
-from server.memory import trim_heap
 from server.metrics import Metrics
 from server.ratelimit import SYNTHESIS, RateLimiter
 from server.request import SpeechRequest
@@ -287,8 +286,10 @@ class SpeechService:
         *,
         lock_ttl_s: float = 30.0,
         text: TextSettings | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_idle = on_idle  # called when the last synthesis in flight ends
         self._front = front_end(settings, text or TextSettings())
         # Plans are frozen values of (document, format, espeak voice) under fixed front-end
         # settings; only the IOLoop's thread reads and fills this, so it needs no lock.
@@ -557,11 +558,10 @@ class SpeechService:
         finally:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
-            if not self._flights:
+            if not self._flights and self._on_idle is not None:
                 # The last synthesis ended: the buffers of its calls go back to the system (about
-                # 110 MiB after a bench-like run), not kept at their peak for the worker's life.
-                with contextlib.suppress(RuntimeError):  # the pool is shut down: we are closing
-                    asyncio.get_running_loop().run_in_executor(self._text_pool, trim_heap)
+                # 110 MiB after a bench-like run) once the worker stays idle (server.memory).
+                self._on_idle()
             if lock_token is not None:
                 await self.cache.redis.release_lock(flight.key, lock_token)
 
