@@ -1514,6 +1514,8 @@ async def run(args: argparse.Namespace) -> None:
 
             log("the L1-less server doing the same engine work")
             twin.start()
+            assert twin.proc is not None
+            watch.pids.add(twin.proc.pid)  # its CPU is the phase's own, not another process's
             with watch.phase("twin"):
                 await measure_engine_twin(twin, nonces)
             log(f"engine twin: {watch.phases['twin']['wall_s']:.1f} s")
