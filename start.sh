@@ -79,10 +79,10 @@ setup() {
     fi
 
     log "syncing .venv (${extras[*]}) from uv.lock"
-    # --compile-bytecode: uv installs sources only, and where PYTHONDONTWRITEBYTECODE is set (it is
-    # on our development machines) no .pyc is ever written, so every process (each server, gunicorn
-    # worker and loudness child) compiled its ~600 modules again: 1.5 s of each server's start. Compiling once
-    # here takes 10 s; later runs check the files in well under a second.
+    # --compile-bytecode: uv installs sources only, and where PYTHONDONTWRITEBYTECODE is set (it
+    # is on our development machines) no .pyc is ever written, so every process (each server,
+    # gunicorn worker and loudness child) compiled its ~600 modules again: 1.5 s of each server's
+    # start. Compiling once here takes 10 s; later runs check the files in under a second.
     UV_PYTHON_DOWNLOADS=never "$UV" sync --frozen --inexact --compile-bytecode --python "$python" "${extras[@]}"
     # The project's own modules too (they change, and a stale .pyc is simply recompiled in memory).
     .venv/bin/python -m compileall -q server tests >/dev/null

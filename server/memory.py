@@ -1,13 +1,13 @@
 """Giving the heap that Python and onnxruntime freed back to the system, and keeping it whole.
 
-glibc keeps freed memory for reuse, in one arena per thread that allocated it, so a worker's
-resident size stays at the peak of whatever it once did (loading a voice, a burst of whole-
-sentence calls) long after. `malloc_trim` returns the free pages of every arena. It is called
-after the voices load, and (`IdleTrim`) once the worker has been idle for a second (no request
-in flight, no synthesis running), at most every few seconds: a burst of syntheses leaves its
-calls' buffers behind, a burst of cache hits its request and response buffers. Always from a thread: it
-walks the arenas under their locks, which must not stall the IOLoop. Without glibc it does
-nothing.
+glibc keeps freed memory for reuse in its arenas, so a worker's resident size stays at the peak
+of whatever it once did (loading a voice, a burst of whole-sentence calls) long after.
+`malloc_trim` returns the free pages of every arena. It is called after the voices load, and
+(`IdleTrim`) once the worker has been idle for a second (no request in flight, no synthesis
+running), at most every few seconds: a burst of syntheses leaves its calls' buffers behind, a
+burst of cache hits its request and response buffers. Always from a thread: it walks the arenas
+under their locks, which must not stall the IOLoop. `limit_malloc_arenas` keeps those arenas
+few, so that what is freed can be returned. Without glibc both do nothing.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
     glibc gives threads that allocate at once arenas of their own, up to 8 per core: the IOLoop,
     the text thread, the inference and encoder pools each end up with one. Their free space is
     fragmented between live blocks, and `malloc_trim` can give back only whole free pages: a
-    worker that had streamed each format once stayed at 331 MiB after the trim, against 212 MiB
-    with two arenas (and 253 against 193 after its first stream alone).
+    worker that had streamed each format once stayed at 331 MiB after the trim, and at 224 to
+    240 MiB with two arenas.
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return
@@ -50,7 +50,7 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
 class IdleTrim:
     """Trims the heap once the worker has been idle a moment, at most once an interval.
 
-    Idle means no request in flight and no synthesis running (the caller's `still_idle`). The
+    Idle means no request in flight and no synthesis running (`still_idle` tells). The
     trim waits `delay_s` after going idle, and runs only if the worker is still idle then: a
     trim returns the pages of the last call's buffers, which the next call must fault back in,
     and holds the arenas' locks while it walks them, so a worker that is busy again at once
@@ -59,23 +59,29 @@ class IdleTrim:
     last trim).
     """
 
-    def __init__(self, interval_s: float = IDLE_TRIM_INTERVAL_S, delay_s: float = IDLE_TRIM_DELAY_S) -> None:
+    def __init__(
+        self,
+        still_idle: Callable[[], bool],
+        interval_s: float = IDLE_TRIM_INTERVAL_S,
+        delay_s: float = IDLE_TRIM_DELAY_S,
+    ) -> None:
+        self._still_idle = still_idle
         self._interval_s = interval_s
         self._delay_s = delay_s
         self._last = -interval_s
         self._deferred: asyncio.TimerHandle | None = None
 
-    def idle(self, still_idle: Callable[[], bool]) -> None:
-        """The worker just went idle (on the IOLoop); `still_idle` tells, later, whether it still is."""
+    def idle(self) -> None:
+        """The worker just went idle (on the IOLoop): the last request or synthesis ended."""
         if self._deferred is not None:
             return  # a trim is already due
         now = time.monotonic()
         when = max(now + self._delay_s, self._last + self._interval_s)
-        self._deferred = asyncio.get_running_loop().call_later(when - now, self._due, still_idle)
+        self._deferred = asyncio.get_running_loop().call_later(when - now, self._due)
 
-    def _due(self, still_idle: Callable[[], bool]) -> None:
+    def _due(self) -> None:
         self._deferred = None
-        if still_idle():
+        if self._still_idle():
             self._last = time.monotonic()
             with contextlib.suppress(RuntimeError):  # the executor is shut down: we are closing
                 asyncio.get_running_loop().run_in_executor(None, trim_heap)

@@ -41,7 +41,8 @@ class Lifecycle:
 
     draining: bool = False
     in_flight: int = 0  # requests being handled, streams included
-    trim: IdleTrim = field(default_factory=IdleTrim)  # the heap goes back when no request is in flight
+    # The heap goes back once no request is in flight and no synthesis runs (see Services.build).
+    trim: IdleTrim = field(default_factory=lambda: IdleTrim(lambda: True))
     started_at: float = field(default_factory=time.time)  # the `created` of /v1/models
 
 
@@ -94,7 +95,7 @@ class Services:
             max_padding=synthesis.batch_max_padding,
         )
         limiter = RateLimiter(settings.limits, redis)
-        lifecycle = Lifecycle()
+        lifecycle = Lifecycle(trim=IdleTrim(lambda: not lifecycle.in_flight and not speech.flights))
         speech = SpeechService(
             synthesis,
             catalog,
@@ -104,7 +105,7 @@ class Services:
             limiter,
             lock_ttl_s=settings.redis.lock_ttl_s,
             text=settings.text,
-            on_idle=lambda: lifecycle.trim.idle(lambda: not lifecycle.in_flight and not speech.flights),
+            on_idle=lifecycle.trim.idle,
         )
         renditions = Renditions(speech, cache, metrics, settings.audio)
         return cls(

@@ -17,14 +17,14 @@ def test_an_idle_worker_trims_its_heap_in_a_thread_a_moment_later_at_most_once_a
     monkeypatch.setattr(server.memory, "trim_heap", lambda: trims.append("trim"))
 
     async def scenario() -> None:
-        trim = IdleTrim(interval_s=0.3, delay_s=0.1)
-        trim.idle(lambda: True)
-        trim.idle(lambda: True)  # idle again at once: still one trim due
+        trim = IdleTrim(lambda: True, interval_s=0.3, delay_s=0.1)
+        trim.idle()
+        trim.idle()  # idle again at once: still one trim due
         await asyncio.sleep(0.05)
         assert trims == []  # not at once: the next call would fault the pages back in
         await asyncio.sleep(0.1)
         assert trims == ["trim"]
-        trim.idle(lambda: True)  # idle again soon after: not before the interval ends
+        trim.idle()  # idle again soon after: not before the interval ends
         await asyncio.sleep(0.1)
         assert trims == ["trim"]
         await asyncio.sleep(0.2)
@@ -38,8 +38,8 @@ def test_no_trim_when_the_worker_is_busy_again_by_then(monkeypatch: pytest.Monke
     monkeypatch.setattr(server.memory, "trim_heap", lambda: trims.append("trim"))
 
     async def scenario() -> None:
-        trim = IdleTrim(interval_s=0.1, delay_s=0.05)
-        trim.idle(lambda: False)  # a request or a synthesis started before the delay ended
+        trim = IdleTrim(lambda: False, interval_s=0.1, delay_s=0.05)  # busy again by then
+        trim.idle()
         await asyncio.sleep(0.15)
 
     asyncio.run(scenario())

@@ -93,8 +93,7 @@ class BaseHandler(tornado.web.RequestHandler):
         lifecycle = self.services.lifecycle
         lifecycle.in_flight -= 1
         if not lifecycle.in_flight:
-            speech = self.services.speech
-            lifecycle.trim.idle(lambda: not lifecycle.in_flight and not speech.flights)
+            lifecycle.trim.idle()
         elapsed = time.perf_counter() - self.started
         status = self.get_status()
         self.services.metrics.answered(self.route, status, elapsed)

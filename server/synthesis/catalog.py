@@ -115,7 +115,7 @@ class VoiceCatalog:
     def _gain(self, voice: Voice, meter: LoudnessMeter | None) -> float:
         """`synthesis.gain` when set; else the gain that brings the voice to `loudness_lufs`."""
         synthesis = self._settings.synthesis
-        if synthesis.gain or meter is None:
+        if meter is None:  # synthesis.gain is set
             return synthesis.gain
         lufs = measured_lufs(voice, meter)
         gain = gain_to(synthesis.loudness_lufs, lufs)
