@@ -13,6 +13,7 @@ from server.handlers.admin import (
     RuntimeHandler,
     StorageHandler,
 )
+from server.handlers.answers import AnswerMemo
 from server.handlers.audio import AudioHandler
 from server.handlers.base import NotFoundHandler
 from server.handlers.captions import SrtHandler, VttHandler
@@ -58,6 +59,7 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         routes,
         default_handler_class=NotFoundHandler,
         services=services,
+        answers=AnswerMemo.for_services(services),
         compress_response=False,  # audio does not compress; JSON answers are small
         xheaders=False,
         serve_traceback=False,

@@ -83,6 +83,11 @@ class Metrics:
         )
         self.cache_hits = Counter("tts_cache_hits_total", "Cache hits by tier.", ["tier"], registry=r)
         self.cache_misses = Counter("tts_cache_misses_total", "Lookups that found no tier.", registry=r)
+        self.answers_again = Counter(
+            "tts_answers_sent_again_total",
+            "L1 hits answered with a kept answer, before any handler (also in requests and cache hits).",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "tts_inference_queue_depth",
             "Chunks waiting for inference.",

@@ -24,7 +24,7 @@ from server.audio.encode import Bitrates, Encoder, encode_file
 from server.audio.formats import WAV, Rendition, rendition_suffixes
 from server.audio.pcm import duration_s, parse_wav
 from server.cache.keys import is_key
-from server.cache.tiers import MISS, TieredCache
+from server.cache.tiers import MISS, WAV_SUFFIX, TieredCache
 from server.errors import NotFound
 from server.metrics import Metrics
 from server.request import SpeechRequest
@@ -85,6 +85,13 @@ class Renditions:
         return RenderedAudio(
             found.key, found.data, found.tier, rendition, rendition.sample_rate(voice_rate), seconds
         )
+
+    def entries(self, key: str, rendition: Rendition) -> list[tuple[str, str]]:
+        """The `(key, suffix)` cache entries a rendition is made from: the WAV, then the encoded copy."""
+        entries = [(key, WAV_SUFFIX)]
+        if _encoded(rendition):
+            entries.append((key, rendition.suffix))
+        return entries
 
     async def stored(self, key: str, rendition: Rendition) -> RenderedAudio:
         """A stored rendition by key (for `/audio/{key}.{ext}`): a hit, or encoded from its WAV."""

@@ -316,6 +316,9 @@ class Runtime(Model):
     open_streams: int = Field(ge=0)
     redis: RedisRuntime
     l1_bytes: int = Field(ge=0)
+    answers: int | None = Field(
+        ge=0, description="Answers of L1 hits kept to be sent again; null where none are kept"
+    )
 
 
 class EffectiveConfig(Model):

@@ -54,11 +54,15 @@ def create_app() -> tornado.web.Application:
 
 def make_http_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     """Tornado's defaults are loose (an hour for headers, no body timeout, 100 MiB bodies)."""
+    from server.handlers.answers import AnswerFront  # with the app's modules (see make_app above)
+
     server = settings.server
     # POST /jobs takes whole documents: its own, larger body limit (enforced by its handler).
     largest = max(server.max_body_bytes, jobs_max_body_bytes(settings))
+    # Answers of L1 hits are sent again from in front of the app where they may be.
+    memo = app.settings.get("answers")
     return HTTPServer(
-        app,
+        app if memo is None else AnswerFront(app, memo, app.settings["services"]),
         # Bodies up to this are read and answered with a JSON 413 by the handler (max_body_bytes
         # is enforced there); past it Tornado can only drop the connection without an answer.
         max_body_size=max(4 * server.max_body_bytes, largest, 1 << 20),

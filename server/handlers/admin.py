@@ -151,6 +151,7 @@ class RuntimeHandler(AdminHandler):
             open_streams=sum(services.streams_by_client.values()),
             redis=RedisRuntime(state=services.cache.redis.state, pool=services.cache.redis.pool_stats()),
             l1_bytes=services.cache.memory.size_bytes,
+            answers=None if (memo := self.application.settings.get("answers")) is None else len(memo),
         )
         self.write_json(dump(runtime))
 

@@ -9,6 +9,7 @@ import re
 from typing import Final
 
 from server.audio.formats import BY_EXTENSION, FORMATS, Rendition
+from server.cache.tiers import L1
 from server.errors import NotFound, RangeNotSatisfiable
 from server.handlers.base import BaseHandler
 from server.openapi import RATE_LIMIT_HEADERS, Header, Reply, Schema, integer_header, operation
@@ -140,5 +141,7 @@ class AudioHandler(BaseHandler):
             self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.set_header("Content-Length", str(end - start))
         if include_body:
+            if span is None and audio.tier == L1:
+                self.remember_answer(self.services.renditions.entries(key, rendition), entry_body=data)
             self.write(data[start:end])
         self.finish()

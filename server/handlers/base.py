@@ -6,9 +6,11 @@ import json
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
-from typing import Any, Final
+from asyncio import Future
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
+import tornado.escape
 import tornado.httputil
 import tornado.web
 from loguru import logger
@@ -30,6 +32,9 @@ from server.logs import access
 from server.schemas import dump, native_error
 from server.services import Services
 
+if TYPE_CHECKING:
+    from server.handlers.answers import AnswerMemo
+
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 _SAFE_REQUEST_ID: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 ANY_ORIGIN: Final = "*"
@@ -39,6 +44,21 @@ EXPOSED_HEADERS: Final = (
     "Content-Length, Content-Range, ETag, Retry-After, RateLimit-Limit, RateLimit-Remaining, "
     "RateLimit-Reset"
 )
+
+
+def request_id_of(headers: tornado.httputil.HTTPHeaders) -> str:
+    """The client's X-Request-ID when it is short and plain (it is logged and echoed), else a new one."""
+    given = headers.get(REQUEST_ID_HEADER, "")
+    valid = 0 < len(given) <= 128 and set(given) <= _SAFE_REQUEST_ID
+    return given if valid else uuid.uuid4().hex
+
+
+def presented_key(headers: tornado.httputil.HTTPHeaders) -> str | None:
+    """The API key the client sent: `Authorization: Bearer <key>` (OpenAI's SDKs) or `X-API-Key`."""
+    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("X-API-Key")
 
 
 def _framework_error(status: int, code: str, message: str) -> TTSError:
@@ -118,9 +138,7 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def request_id(self) -> str:
         if not hasattr(self, "_request_id"):
-            given = self.request.headers.get(REQUEST_ID_HEADER, "")
-            valid = 0 < len(given) <= 128 and set(given) <= _SAFE_REQUEST_ID
-            self._request_id = given if valid else uuid.uuid4().hex
+            self._request_id = request_id_of(self.request.headers)
         return self._request_id
 
     def set_default_headers(self) -> None:
@@ -166,11 +184,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def presented_key(self) -> str | None:
-        """The API key the client sent: `Authorization: Bearer <key>` (OpenAI's SDKs) or `X-API-Key`."""
-        scheme, _, credentials = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
-        return self.request.headers.get("X-API-Key")
+        return presented_key(self.request.headers)
 
     @property
     def client_id(self) -> str:
@@ -252,7 +266,35 @@ class BaseHandler(tornado.web.RequestHandler):
         `write_json(dump(model))` without the intermediate dict (on the path of every /tts hit)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(model.model_dump_json())
+        self.finish(model.__pydantic_serializer__.to_json(model))
+
+    # -- answers sent again (server/handlers/answers.py) -------------------------------------
+
+    def remember_answer(self, entries: Sequence[tuple[str, str]], entry_body: bytes | None = None) -> None:
+        """The answer about to be finished may be sent again, as it is, to an identical request
+        while L1 holds these very `(key, suffix)` entries (server/handlers/answers.py);
+        `entry_body`: the body, when it is the last entry's own bytes (the memo keeps no copy)."""
+        self._answer_entries, self._entry_body = tuple(entries), entry_body
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        memo: AnswerMemo | None = self.application.settings.get("answers")
+        entries = getattr(self, "_answer_entries", None)
+        if memo is None or entries is None or isinstance(chunk, dict):
+            return super().finish(chunk)
+        body = tornado.escape.utf8(chunk) if chunk is not None else self._entry_body
+        done = super().finish(chunk)
+        if self._status_code == 200 and body is not None:  # the headers are final now
+            fields = {"cache": self.cache_tier, "voice": self.voice, "text_chars": self.text_chars}
+            memo.remember(
+                self.request,
+                self.route,
+                self._headers,
+                body,
+                entries,
+                fields,
+                body_is_entry=chunk is None,
+            )
+        return done
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error is JSON; unexpected ones are logged with their traceback and say nothing."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from server.audio.formats import FORMATS, Rendition
+from server.cache.tiers import L1, WORDS_SUFFIX
 from server.clients import request_origin
 from server.errors import InvalidRequest
 from server.handlers.base import BaseHandler
@@ -87,6 +88,7 @@ class TTSHandler(SpeechHandler):
             audio_url, expires = direct
             if expires is not None:
                 expires_at = expires.isoformat().replace("+00:00", "Z")
+        stored_words = await self.services.speech.words(audio.key) if fields.timestamps == "word" else None
         synthesis = Synthesis(
             hash=audio.key,
             text=request.text,
@@ -98,10 +100,16 @@ class TTSHandler(SpeechHandler):
             duration_s=round(audio.duration_s or 0.0, 3),
             sample_rate=audio.sample_rate,
             cache=audio.tier,  # type: ignore[arg-type]
-            words=await self._words(audio.key) if fields.timestamps == "word" else None,
+            words=None
+            if fields.timestamps != "word"
+            else [WordTiming(**word) for word in stored_words or []],
         )
+        if audio.tier == L1 and direct is None:
+            # An identical request gets these bytes again while L1 holds what they were made from
+            # (not a direct URL, which expires; not word timings that are not stored yet).
+            entries = self.services.renditions.entries(audio.key, rendition)
+            if fields.timestamps != "word":
+                self.remember_answer(entries)
+            elif stored_words is not None:
+                self.remember_answer([*entries, (audio.key, WORDS_SUFFIX)])
         self.write_model(synthesis)
-
-    async def _words(self, key: str) -> list[WordTiming]:
-        stored = await self.services.speech.words(key)
-        return [WordTiming(**word) for word in stored or []]
