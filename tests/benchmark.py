@@ -1175,6 +1175,16 @@ def build_rows(report: dict[str, Any]) -> list[Row]:
     )
     for name, tier in (("/tts L1", "l1"), ("/audio L1", "l1"), ("/tts L2", "l2"), ("/audio L2", "l2")):
         rows += hit_rows(name, hits[name], bare, blob, tier)
+    if "answers_sent_again" in report:
+        again, answered = report["answers_sent_again"], report["l1_server_answers"]
+        rows.append(
+            Row(
+                "L1 server's /tts and /audio hits sent again from kept answers",
+                f"{again:.0f} of {answered:.0f}",
+                "the rest through their handlers (server/handlers/answers.py)",
+                again / answered if answered else None,
+            )
+        )
     if "/v1 mp3 L1" in hits:
         v1, tts = hits["/v1 mp3 L1"], hits["/tts L1"]
         clean = v1["ok_share"] == 1 and v1["tier_share"] == 1
@@ -1559,8 +1569,21 @@ async def run(args: argparse.Namespace) -> None:
                 "/tts L2": Target(l2_server.port, tts_path, "l2", l2_server.proc.pid),
                 "/audio L2": Target(l2_server.port, audio_path, "l2", l2_server.proc.pid),
             }
+
+            async def l1_counts() -> tuple[float, float]:
+                """Answers sent again before any handler, and all /tts and /audio answers."""
+                routes = [
+                    await client.labelled("tts_http_requests_total", f'route="{r}"')
+                    for r in ("/tts", "/audio")
+                ]
+                return await client.metric("tts_answers_sent_again_total"), sum(routes)
+
+            counts_before = await l1_counts()
             with watch.phase("hits"):
                 report["hits"] = await measure_hits(targets)
+            counts_after = await l1_counts()
+            report["answers_sent_again"] = counts_after[0] - counts_before[0]
+            report["l1_server_answers"] = counts_after[1] - counts_before[1]
             log(f"hits: {watch.phases['hits']['wall_s']:.1f} s")
             report["hit_audio_bytes"] = len(audio.body)
             report["background"] = watch.phases
