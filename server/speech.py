@@ -692,7 +692,12 @@ class SpeechService:
             SentenceFrames(ids, tuple(int(f) for f in encoded.durations), voice.windows.hop, start_sample)
         )
         self._time_words(flight, voice, timing[0], utterance, timing[1])
-        if final and flight.timed and flight.plan is not None:
+        # The last utterance is encoded: every word is placed, so its timings can be stored while
+        # its windows are made. A stream's first audio goes first: its window runs on the same
+        # cores as the storing (timings, JSON, the tiers' writes), which delayed it by up to 4 ms.
+        store_words = final and flight.timed and flight.plan is not None
+        first_audio = not flight.chunks and not flight.unbounded and not flight.background
+        if store_words and not first_audio:
             flight.words_stored = asyncio.ensure_future(self._store_words(flight, flight.plan))
         s = self._settings
         if flight.unbounded and not flight.background:
@@ -728,6 +733,8 @@ class SpeechService:
                 voice.batch_limit,
                 end - start,
             )
+            if store_words and flight.words_stored is None:
+                flight.words_stored = asyncio.ensure_future(self._store_words(flight, flight.plan))
 
     def _first_window(self, flight: Flight, voice: Voice, encode_s: float) -> int:
         """Frames of a stream's first window: small when it starts alone; when other streams are
