@@ -332,7 +332,7 @@ class S3Settings(Section):
 class CacheSettings(Section):
     l1_max_bytes: int = Field(256 * MIB, ge=0, le=1 << 40)
     # Finished answers of L1 hits, sent again to identical requests (server/handlers/answers.py).
-    answers_max_entries: int = Field(4096, ge=0, le=1_000_000)
+    answers_max_bytes: int = Field(4 * MIB, ge=0, le=1 << 34)
 
 
 class LimitSettings(Section):

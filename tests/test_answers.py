@@ -44,7 +44,7 @@ def get(uri: str, **headers: str) -> httputil.HTTPServerRequest:
 
 
 def remembered(memory: MemoryCache, *, body: bytes = b'{"cache":"l1"}') -> tuple[AnswerMemo, object]:
-    memo = AnswerMemo(memory, max_entries=8)
+    memo = AnswerMemo(memory, max_bytes=1 << 20)
     request = get("/tts?text=Hi")
     headers = httputil.HTTPHeaders({"Content-Type": "application/json", "Date": "then", "X-Request-Id": "a"})
     memo.remember(request, "/tts", headers, body, [("k", "wav")], {"cache": "l1"})
@@ -85,7 +85,7 @@ def test_an_answer_made_from_a_shared_tier_is_not_kept():
 def test_an_audio_body_is_kept_only_when_it_is_the_l1_entry_itself():
     memory = MemoryCache(1 << 20)
     memory.put("k.wav", b"RIFF-one")
-    memo = AnswerMemo(memory, max_entries=8)
+    memo = AnswerMemo(memory, max_bytes=1 << 20)
     headers = httputil.HTTPHeaders({"Content-Type": "audio/wav"})
     parsed = b"PCM parsed from the WAV"
     memo.remember(get("/audio/k.pcm"), "/audio", headers, parsed, [("k", "wav")], {}, body_is_entry=True)
@@ -96,6 +96,23 @@ def test_an_audio_body_is_kept_only_when_it_is_the_l1_entry_itself():
     memo.remember(get("/audio/k.wav"), "/audio", headers, entry_bytes, [("k", "wav")], {}, body_is_entry=True)
     answer, held = memo.find(request_key("GET", "/audio/k.wav", get("/audio/k.wav").headers))  # type: ignore[misc]
     assert answer.body is None and held == [b"RIFF-one"]  # no copy: the body is L1's
+
+
+def test_the_memo_is_bounded_by_the_bytes_its_answers_hold_and_drops_the_oldest():
+    memory = MemoryCache(1 << 20)
+    memory.put("k.wav", b"RIFF-one")
+    memo = AnswerMemo(memory, max_bytes=4000)
+    headers = httputil.HTTPHeaders({"Content-Type": "application/json"})
+    for text in ("one", "two", "three"):
+        memo.remember(get(f"/tts?text={text}"), "/tts", headers, b"x" * 500, [("k", "wav")], {})
+    assert len(memo) == 2  # each holds about 1.5 KB: its target, headers, body and overhead
+
+    def find(text: str):
+        return memo.find(request_key("GET", f"/tts?text={text}", get("/").headers))
+
+    assert find("one") is None and find("two") is not None and find("three") is not None
+    memo.remember(get("/tts?text=" + "long" * 1000), "/tts", headers, b"{}", [("k", "wav")], {})
+    assert len(memo) == 2  # larger than the whole memo: not kept, nothing dropped for it
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ for a request whose key matches, and never for HEAD, bodies, ranges or condition
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Answer:
     body: bytes | None  # None: the last entry's bytes are the body (an /audio file)
     entries: tuple[Entry, ...]
     fields: dict[str, Any]  # the access line's cache, voice and text_chars
+    size: int  # about what keeping it costs, in bytes (what the memo's bound counts)
 
 
 def request_key(method: str, uri: str, headers: httputil.HTTPHeaders) -> Hashable | None:
@@ -83,13 +85,20 @@ def request_key(method: str, uri: str, headers: httputil.HTTPHeaders) -> Hashabl
     return uri, get("Host"), get("Origin"), get("X-Forwarded-Host"), get("X-Forwarded-Proto")
 
 
-class AnswerMemo:
-    """The last answers of L1 hits, at most `max_entries` of them (their bodies are small JSON;
-    an /audio answer's body is L1's own bytes, looked up when it is sent)."""
+# Beside its target, headers and body: the objects of an answer and of the memo's bookkeeping.
+_ANSWER_OVERHEAD_BYTES: Final = 1024
 
-    def __init__(self, memory: MemoryCache, max_entries: int) -> None:
+
+class AnswerMemo:
+    """The last answers of L1 hits, bounded by their size: the request target (a GET /tts holds
+    the text), the headers and a /tts answer's JSON; an /audio answer's body is L1's own bytes,
+    looked up when it is sent, and is not counted twice."""
+
+    def __init__(self, memory: MemoryCache, max_bytes: int) -> None:
         self._memory = memory
-        self._answers: LRUCache[Hashable, Answer] = LRUCache(maxsize=max_entries)
+        self._answers: LRUCache[Hashable, Answer] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda answer: answer.size
+        )
 
     @classmethod
     def for_services(cls, services: Services | None) -> AnswerMemo | None:
@@ -97,10 +106,10 @@ class AnswerMemo:
         if services is None:
             return None
         settings = services.settings
-        entries = settings.cache.answers_max_entries
-        if settings.limits.enabled or not entries or not settings.cache.l1_max_bytes:
+        max_bytes = settings.cache.answers_max_bytes
+        if settings.limits.enabled or not max_bytes or not settings.cache.l1_max_bytes:
             return None
-        return cls(services.cache.memory, entries)
+        return cls(services.cache.memory, max_bytes)
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -131,7 +140,11 @@ class AnswerMemo:
         if body_is_entry and self._memory.current(held[-1].name, held[-1].generation) is not body:
             return  # made from the entry (a PCM body parsed from its WAV): the memo would copy it
         kept = tuple((name, value) for name, value in headers.get_all() if name not in _PER_REQUEST)
-        self._answers[key] = Answer(route, kept, None if body_is_entry else body, tuple(held), fields)
+        body_kept = None if body_is_entry else body
+        size = _ANSWER_OVERHEAD_BYTES + len(request.uri or "") + len(body_kept or b"")
+        size += sum(len(name) + len(value) for name, value in kept)
+        with contextlib.suppress(ValueError):  # larger than the whole memo
+            self._answers[key] = Answer(route, kept, body_kept, tuple(held), fields, size)
 
     def find(self, key: Hashable) -> tuple[Answer, list[bytes]] | None:
         """The answer under `key` with its entries' bytes, while L1 holds each as it was."""
