@@ -17,6 +17,7 @@ from tests.test_api import access_lines
 
 ADMIN_KEY = "answers-admin-key-0123456789"
 PER_REQUEST = ("date", "x-request-id")
+PEER = "127.0.0.1"
 
 
 def comparable(headers) -> list[tuple[str, str]]:
@@ -37,10 +38,12 @@ def l1_server(make_server) -> ServerProcess:
 
 
 def get(uri: str, **headers: str) -> httputil.HTTPServerRequest:
-    return httputil.HTTPServerRequest(
+    request = httputil.HTTPServerRequest(
         start_line=httputil.RequestStartLine("GET", uri, "HTTP/1.1"),
         headers=httputil.HTTPHeaders({"Host": "tts.example", **headers}),
     )
+    request.remote_ip = PEER
+    return request
 
 
 def remembered(memory: MemoryCache, *, body: bytes = b'{"cache":"l1"}') -> tuple[AnswerMemo, object]:
@@ -48,7 +51,7 @@ def remembered(memory: MemoryCache, *, body: bytes = b'{"cache":"l1"}') -> tuple
     request = get("/tts?text=Hi")
     headers = httputil.HTTPHeaders({"Content-Type": "application/json", "Date": "then", "X-Request-Id": "a"})
     memo.remember(request, "/tts", headers, body, [("k", "wav")], {"cache": "l1"})
-    return memo, request_key("GET", request.uri or "", request.headers)
+    return memo, request_key("GET", request.uri or "", request.headers, PEER)
 
 
 def test_an_answer_is_found_while_l1_holds_the_very_entry_it_was_made_from():
@@ -94,7 +97,7 @@ def test_an_audio_body_is_kept_only_when_it_is_the_l1_entry_itself():
     entry_bytes = memory.get("k.wav")
     assert entry_bytes is not None
     memo.remember(get("/audio/k.wav"), "/audio", headers, entry_bytes, [("k", "wav")], {}, body_is_entry=True)
-    answer, held = memo.find(request_key("GET", "/audio/k.wav", get("/audio/k.wav").headers))  # type: ignore[misc]
+    answer, held = memo.find(request_key("GET", "/audio/k.wav", get("/audio/k.wav").headers, PEER))  # type: ignore[misc]
     assert answer.body is None and held == [b"RIFF-one"]  # no copy: the body is L1's
 
 
@@ -108,7 +111,7 @@ def test_the_memo_is_bounded_by_the_bytes_its_answers_hold_and_drops_the_oldest(
     assert len(memo) == 2  # each holds about 1.5 KB: its target, headers, body and overhead
 
     def find(text: str):
-        return memo.find(request_key("GET", f"/tts?text={text}", get("/").headers))
+        return memo.find(request_key("GET", f"/tts?text={text}", get("/").headers, PEER))
 
     assert find("one") is None and find("two") is not None and find("three") is not None
     memo.remember(get("/tts?text=" + "long" * 1000), "/tts", headers, b"{}", [("k", "wav")], {})
@@ -128,17 +131,21 @@ def test_the_memo_is_bounded_by_the_bytes_its_answers_hold_and_drops_the_oldest(
     ],
 )
 def test_requests_that_depend_on_more_than_the_target_always_reach_their_handler(method, headers):
-    assert request_key(method, "/audio/k.wav", httputil.HTTPHeaders({"Host": "h", **headers})) is None
+    assert request_key(method, "/audio/k.wav", httputil.HTTPHeaders({"Host": "h", **headers}), PEER) is None
 
 
-def test_the_host_and_origin_are_part_of_what_an_answer_depends_on():
-    def key(**headers: str):
-        return request_key("GET", "/tts?text=Hi", httputil.HTTPHeaders(headers))
+def test_the_host_origin_and_forwarding_are_part_of_what_an_answer_depends_on():
+    def key(peer: str = PEER, **headers: str):
+        return request_key("GET", "/tts?text=Hi", httputil.HTTPHeaders(headers), peer)
 
     assert key(Host="a.example") == key(Host="a.example")
+    assert key(Host="a.example") == key("10.0.0.9", Host="a.example")  # the peer alone: the same URL
     assert key(Host="a.example") != key(Host="b.example")
     assert key(Host="a.example") != key(Host="a.example", Origin="https://app.example")
-    assert key(Host="a.example") != key(Host="a.example", **{"X-Forwarded-Proto": "https"})
+    forwarded = {"Host": "a.example", "X-Forwarded-Proto": "https"}
+    assert key(Host="a.example") != key(**forwarded)
+    # Forwarding headers count only from a trusted proxy: from another peer they may not.
+    assert key(**forwarded) != key("10.0.0.9", **forwarded)
 
 
 # -- through a real server -----------------------------------------------------------------------

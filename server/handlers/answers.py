@@ -77,12 +77,16 @@ class Answer:
     size: int  # about what keeping it costs, in bytes (what the memo's bound counts)
 
 
-def request_key(method: str, uri: str, headers: httputil.HTTPHeaders) -> Hashable | None:
-    """What an answer to this request depends on besides L1, or None when it must reach its handler."""
+def request_key(method: str, uri: str, headers: httputil.HTTPHeaders, peer: str) -> Hashable | None:
+    """What an answer to this request depends on besides L1, or None when it must reach its handler.
+
+    The forwarding headers count only from a trusted proxy, so with them the peer is part of it.
+    """
     if method != "GET" or not _TO_HANDLER.isdisjoint(headers):
         return None
     get = headers.get
-    return uri, get("Host"), get("Origin"), get("X-Forwarded-Host"), get("X-Forwarded-Proto")
+    forwarded = get("X-Forwarded-Host"), get("X-Forwarded-Proto")
+    return uri, get("Host"), get("Origin"), *forwarded, peer if forwarded != (None, None) else None
 
 
 # Beside its target, headers and body: the objects of an answer and of the memo's bookkeeping.
@@ -127,7 +131,7 @@ class AnswerMemo:
     ) -> None:
         """Keep a finished 200 made from these `(key, suffix)` L1 entries (none missing);
         `body_is_entry`: the body must be the last entry's very bytes, and is not copied."""
-        key = request_key(request.method or "", request.uri or "", request.headers)
+        key = request_key(request.method or "", request.uri or "", request.headers, request.remote_ip or "")
         if key is None:
             return
         held = []
@@ -183,9 +187,9 @@ class AnswerFront(httputil.HTTPServerConnectionDelegate):
         self.app.on_close(server_conn)
 
     def find(
-        self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders
+        self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders, peer: str
     ) -> tuple[Answer, list[bytes]] | None:
-        key = request_key(start_line.method, start_line.path, headers)
+        key = request_key(start_line.method, start_line.path, headers, peer)
         if key is None:
             return None
         found = self.memo.find(key)
@@ -266,7 +270,7 @@ class _Exchange(httputil.HTTPMessageDelegate):
         headers: httputil.HTTPHeaders,
     ) -> Any:
         assert isinstance(start_line, httputil.RequestStartLine)
-        self.found = self.front.find(start_line, headers)
+        self.found = self.front.find(start_line, headers, self.request_conn.context.remote_ip)  # type: ignore[attr-defined]
         if self.found is not None:
             self.start_line, self.headers = start_line, headers
             return None
