@@ -270,7 +270,8 @@ class _Exchange(httputil.HTTPMessageDelegate):
         headers: httputil.HTTPHeaders,
     ) -> Any:
         assert isinstance(start_line, httputil.RequestStartLine)
-        self.found = self.front.find(start_line, headers, self.request_conn.context.remote_ip)  # type: ignore[attr-defined]
+        peer = self.request_conn.context.remote_ip  # type: ignore[attr-defined]
+        self.found = self.front.find(start_line, headers, peer)
         if self.found is not None:
             self.start_line, self.headers = start_line, headers
             return None
