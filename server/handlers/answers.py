@@ -34,8 +34,14 @@ from server.auth import KeyRing
 from server.cache.keys import entry_name
 from server.cache.memory import MemoryCache
 from server.cache.tiers import L1
-from server.handlers.base import REQUEST_ID_HEADER, presented_key, request_id_of
-from server.logs import access
+from server.errors import TTSError
+from server.handlers.base import (
+    REQUEST_ID_HEADER,
+    check_header_sizes,
+    log_answered,
+    presented_key,
+    request_id_of,
+)
 from server.services import Services
 
 # Requests whose answer depends on more than the memo key: they always reach their handler.
@@ -196,9 +202,9 @@ class AnswerFront(httputil.HTTPServerConnectionDelegate):
         if found is None:
             return None
         # What the handler would refuse goes to it, to be refused there.
-        if len(start_line.path) > self._max_header_bytes:
-            return None
-        if sum(len(name) + len(value) + 4 for name, value in headers.get_all()) > self._max_header_bytes:
+        try:
+            check_header_sizes(start_line.path, headers, self._max_header_bytes)
+        except TTSError:
             return None
         if self._keys.enabled and not self._keys.matches(presented_key(headers)):
             return None
@@ -227,19 +233,9 @@ class AnswerFront(httputil.HTTPServerConnectionDelegate):
             cache.keep_alive(entry.key, data, entry.suffix)
         self._hits.inc()
         self._again.inc()
-        elapsed = time.perf_counter() - started
-        self.services.metrics.answered(answer.route, 200, elapsed)
-        path = start_line.path.partition("?")[0]
-        fields = {
-            "request_id": request_id,
-            "method": "GET",
-            "path": path,
-            "status": 200,
-            "duration_ms": round(elapsed * 1000, 2),
-        }
-        fields.update((name, value) for name, value in answer.fields.items() if value is not None)
-        fields["client"] = request_conn.context.remote_ip  # type: ignore[attr-defined]
-        access(f"GET {path} 200", fields)
+        client = request_conn.context.remote_ip  # type: ignore[attr-defined]
+        request = (request_id, "GET", start_line.path.partition("?")[0], client)
+        log_answered(self.services, answer.route, request, 200, time.perf_counter() - started, answer.fields)
         lifecycle = self.services.lifecycle
         if not lifecycle.in_flight:
             lifecycle.trim.idle()

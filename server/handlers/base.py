@@ -61,6 +61,40 @@ def presented_key(headers: tornado.httputil.HTTPHeaders) -> str | None:
     return headers.get("X-API-Key")
 
 
+def check_header_sizes(uri: str, headers: tornado.httputil.HTTPHeaders, max_bytes: int) -> None:
+    """414 or 431 past `server.max_header_bytes`. Tornado reads header blocks up to a hard cap far
+    above ours (worker.HEADER_HARD_CAP_BYTES), so that these answer with our JSON instead of a
+    dropped connection."""
+    if len(uri) > max_bytes:
+        raise UriTooLong(f"the request target is longer than {max_bytes} bytes")
+    if sum(len(name) + len(value) + 4 for name, value in headers.get_all()) > max_bytes:
+        raise HeadersTooLarge(f"the request headers are larger than {max_bytes} bytes")
+
+
+def log_answered(
+    services: Services,
+    route: str,
+    request: tuple[str, str, str, str | None],
+    status: int,
+    elapsed_s: float,
+    details: Mapping[str, Any],
+) -> None:
+    """One answered request's metrics and access line; `request`: its id, method, path and client,
+    `details`: the cache tier, voice and text length where known (None: left out)."""
+    request_id, method, path, client = request
+    services.metrics.answered(route, status, elapsed_s)
+    fields = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(elapsed_s * 1000, 2),
+    }
+    fields.update((name, value) for name, value in details.items() if value is not None)
+    fields["client"] = client
+    access(f"{method} {path} {status}", fields)
+
+
 def _framework_error(status: int, code: str, message: str) -> TTSError:
     """An error Tornado raised (or an unexpected one) as ours, so each front door maps one type."""
     error = TTSError(message)
@@ -85,13 +119,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.services.lifecycle.in_flight += 1
         self._counted = True
         server = self.services.settings.server
-        # Tornado reads header blocks up to a hard cap far above ours (worker.HEADER_HARD_CAP_BYTES)
-        # so that these answer with our JSON instead of a dropped connection.
-        if len(self.request.uri or "") > server.max_header_bytes:
-            raise UriTooLong(f"the request target is longer than {server.max_header_bytes} bytes")
-        header_bytes = sum(len(name) + len(value) + 4 for name, value in self.request.headers.get_all())
-        if header_bytes > server.max_header_bytes:
-            raise HeadersTooLarge(f"the request headers are larger than {server.max_header_bytes} bytes")
+        check_header_sizes(self.request.uri or "", self.request.headers, server.max_header_bytes)
         limit = self.max_body_bytes()
         if len(self.request.body) > limit:
             raise BodyTooLarge(f"the request body is larger than {limit} bytes")
@@ -114,24 +142,13 @@ class BaseHandler(tornado.web.RequestHandler):
         lifecycle.in_flight -= 1
         if not lifecycle.in_flight:
             lifecycle.trim.idle()
+        request = (self.request_id, self.request.method or "", self.request.path, self.request.remote_ip)
         elapsed = time.perf_counter() - self.started
-        status = self.get_status()
-        self.services.metrics.answered(self.route, status, elapsed)
-        fields = {
-            "request_id": self.request_id,
-            "method": self.request.method,
-            "path": self.request.path,
-            "status": status,
-            "duration_ms": round(elapsed * 1000, 2),
-        }
-        if self.cache_tier:
-            fields["cache"] = self.cache_tier
-        if self.voice:
-            fields["voice"] = self.voice
-        if self.text_chars is not None:
-            fields["text_chars"] = self.text_chars
-        fields["client"] = self.request.remote_ip
-        access(f"{self.request.method} {self.request.path} {status}", fields)
+        log_answered(self.services, self.route, request, self.get_status(), elapsed, self.access_details())
+
+    def access_details(self) -> dict[str, Any]:
+        """What the access line tells of the work: the cache tier, voice and text length."""
+        return {"cache": self.cache_tier or None, "voice": self.voice or None, "text_chars": self.text_chars}
 
     # -- headers -----------------------------------------------------------------------------
 
@@ -284,14 +301,13 @@ class BaseHandler(tornado.web.RequestHandler):
         body = tornado.escape.utf8(chunk) if chunk is not None else self._entry_body
         done = super().finish(chunk)
         if self._status_code == 200 and body is not None:  # the headers are final now
-            fields = {"cache": self.cache_tier, "voice": self.voice, "text_chars": self.text_chars}
             memo.remember(
                 self.request,
                 self.route,
                 self._headers,
                 body,
                 entries,
-                fields,
+                self.access_details(),
                 body_is_entry=chunk is None,
             )
         return done
