@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,6 +58,29 @@ def test_espeak_languages_map_to_the_segmenter_language():
 def test_sentence_spans_cover_the_text_without_gaps():
     text = "One. Two!  Three?"
     assert sentence_spans(text, "en") == [(0, 5), (5, 11), (11, 17)]
+
+
+def test_threads_segmenting_at_once_each_get_their_own_sentences():
+    """Requests are planned on the IOLoop while a job's document is split in its own thread."""
+    texts = [("First one here. Second one there. " * (n % 5 + 1)) + f"End {n}." for n in range(40)]
+    expected = {text: sentence_spans(text, "en") for text in texts}
+    wrong: list[str] = []
+
+    def segment_all(offset: int) -> None:
+        for _ in range(10):
+            wrong.extend(text for text in texts[offset::2] if sentence_spans(text, "en") != expected[text])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so a shared segmenter shows
+    try:
+        threads = [threading.Thread(target=segment_all, args=(offset,)) for offset in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong
 
 
 def test_plain_text_gets_the_sentence_pause_and_nothing_after_the_last_is_its_paragraphs():

@@ -9,9 +9,9 @@ for a break, exactly its time. A change of voice or rate also starts a new segme
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Final
 
 import pysbd
@@ -38,9 +38,23 @@ class Pauses:
     paragraph_s: float = 0.3
 
 
-@lru_cache(maxsize=8)
+_per_thread = threading.local()
+
+
 def _segmenter(language: str) -> pysbd.Segmenter:
-    return pysbd.Segmenter(language=language, clean=False, char_span=True)
+    """This thread's pysbd segmenter for `language`.
+
+    One per thread: `Segmenter.segment` keeps the text it works on in the instance, so two
+    threads sharing one (a request planned on the IOLoop, a job's document in its text thread)
+    would find each other's sentences.
+    """
+    segmenters: dict[str, pysbd.Segmenter] | None = getattr(_per_thread, "segmenters", None)
+    if segmenters is None:
+        segmenters = _per_thread.segmenters = {}
+    segmenter = segmenters.get(language)
+    if segmenter is None:
+        segmenter = segmenters[language] = pysbd.Segmenter(language=language, clean=False, char_span=True)
+    return segmenter
 
 
 def sentence_spans(text: str, language: str) -> list[tuple[int, int]]:
