@@ -13,6 +13,7 @@ first, it stops. A voice whose graph did not split synthesizes each utterance in
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -71,6 +72,11 @@ FIRST_WINDOW_SAFETY: Final = 1.25
 # Characters of requests whose resolution (voices, plan, key) is kept: a repeated request (every
 # cache hit) then costs a lookup instead of the plan checks and the key's JSON and sha256.
 RESOLVED_MEMO_CHARS: Final = 1_000_000
+# Texts up to this many characters are planned on the IOLoop instead of in the text thread:
+# about 1 ms of work at most, less than the hop there and back cost a short sentence's first
+# audio (0.7 ms). Phonemizing stays in the text thread: espeak is not thread-safe, and
+# piper-phonemize lets go of the GIL while it runs, so one thread must do all of it.
+INLINE_TEXT_CHARS: Final = 300
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ class Flight:
         self.timed = True  # every utterance had frames per phoneme (a windowed voice)
         self.words_stored: asyncio.Future[None] | None = None  # the timings' put, once all are known
         self.plan: TextPlan | None = None
+        # (segment index, its phonemes and owners being made): started while the tiers were asked
+        self.ahead: tuple[int, concurrent.futures.Future[Any]] | None = None
         self.words: list[dict[str, Any]] = []  # timings of the words encoded so far, in order
         self.pcm_bytes = 0
         self.finished = False
@@ -340,18 +348,30 @@ class SpeechService:
         if not self.catalog.ready:
             raise NotReady(self.catalog.problem or "voices are still loading", retry_after_s=2)
 
-    async def _resolve(self, request: SpeechRequest) -> _Resolved:
+    async def _resolve(self, request: SpeechRequest) -> tuple[_Resolved, bool]:
+        """The request resolved, and whether that was done anew (not a repeat of a known request)."""
         await self._until_ready()
         voice = self.catalog.get(request.voice)
         # The numbers' types too: the key writes 1 and 1.0 differently, and the two are equal.
         memo = (request, type(request.length_scale), type(request.volume))
         known = self._resolved.get(memo)
         if known is not None and known.voice is voice and self._same_voices(known.voices):
-            return known
+            return known, False
         resolved = await self._resolve_anew(request, voice)
         with contextlib.suppress(ValueError):  # a document larger than the whole memo
             self._resolved[memo] = resolved
-        return resolved
+        return resolved, True
+
+    def _phonemize_ahead(self, resolved: _Resolved) -> tuple[int, concurrent.futures.Future[Any]] | None:
+        """Start phonemizing the first spoken segment in the text thread while the tiers are
+        asked and the lock is taken (0.65 ms of a short sentence's first audio, and about as long
+        as those). A repeated request (resolved before) is most likely a hit, so it is left alone;
+        a new text found in a shared tier wastes one phonemizing off the IOLoop."""
+        for index, segment in enumerate(resolved.plan.segments):
+            if segment.runs:
+                voice, _ = resolved.segment_voice(segment)
+                return index, self._text_pool.submit(segment_phonemes, voice, segment)
+        return None
 
     def _same_voices(self, voices: dict[str, Voice]) -> bool:
         try:
@@ -368,14 +388,11 @@ class SpeechService:
         memo = (request.source, request.text_format.value, voice.espeak_voice)
         plan = self._plans.get(memo)
         if plan is None:
-            plan = await asyncio.get_running_loop().run_in_executor(
-                self._text_pool,
-                plan_text,
-                request.source,
-                request.text_format,
-                voice.espeak_voice,
-                self._front,
-            )
+            planned = (request.source, request.text_format, voice.espeak_voice, self._front)
+            if len(request.source) <= INLINE_TEXT_CHARS:
+                plan = plan_text(*planned)
+            else:
+                plan = await asyncio.get_running_loop().run_in_executor(self._text_pool, plan_text, *planned)
             with contextlib.suppress(ValueError):  # a document larger than the whole memo
                 self._plans[memo] = plan
         if not plan.spoken.strip():
@@ -434,14 +451,15 @@ class SpeechService:
         `background` (a job's sentence) runs after every interactive request's work and only on
         spare capacity (see the scheduler), in windows.
         """
-        resolved = await self._resolve(request)
+        resolved, anew = await self._resolve(request)
         key = resolved.key
+        ahead = self._phonemize_ahead(resolved) if anew else None
         hit = await self._lookup(key)
         if hit is not None:
             self.cache.keep_alive(key, hit.wav)
             return Audio(key, hit.wav, hit.tier)
         await self._charge(key, client, len(request.text))
-        flight = self._join(resolved, background=background)
+        flight = self._join(resolved, ahead, background=background)
         flight.unbounded = True
         flight.took(len(flight.chunks))
         flight.subscribers += 1
@@ -459,13 +477,14 @@ class SpeechService:
 
     async def stream(self, request: SpeechRequest, client: str = "") -> Stream:
         """A stream of PCM for `/tts/stream`: cached bytes at once, or a live flight."""
-        resolved = await self._resolve(request)
+        resolved, anew = await self._resolve(request)
         key, rate = resolved.key, resolved.voice.sample_rate
+        ahead = self._phonemize_ahead(resolved) if anew else None
         hit = await self._lookup(key)
         if hit is not None:
             return Stream(self, key, rate, hit.tier, cached=hit.wav)
         await self._charge(key, client, len(request.text))
-        flight = self._join(resolved)
+        flight = self._join(resolved, ahead)
         flight.subscribers += 1
         return Stream(self, key, rate, MISS, flight=flight)
 
@@ -494,7 +513,13 @@ class SpeechService:
         if not decision.allowed:
             raise RateLimited("too many new syntheses; slow down", headers=decision.headers())
 
-    def _join(self, resolved: _Resolved, *, background: bool = False) -> Flight:
+    def _join(
+        self,
+        resolved: _Resolved,
+        ahead: tuple[int, concurrent.futures.Future[Any]] | None = None,
+        *,
+        background: bool = False,
+    ) -> Flight:
         key = resolved.key
         flight = self._flights.get(key)
         if flight is not None and flight.error is None and not flight.abandoned:
@@ -504,6 +529,7 @@ class SpeechService:
         flight = Flight(key, resolved.voice.sample_rate, asyncio.get_running_loop().time())
         flight.background = background
         flight.plan = resolved.plan
+        flight.ahead = ahead
         self._flights[key] = flight
         flight.task = asyncio.ensure_future(self._produce(flight, resolved, admission))
         return flight
@@ -584,7 +610,10 @@ class SpeechService:
                     flight.append(silence(flight.sample_rate, pause))
                 continue
             voice, speaker_id = resolved.segment_voice(segment)
-            phonemes, owners = await loop.run_in_executor(self._text_pool, segment_phonemes, voice, segment)
+            ahead, flight.ahead = flight.ahead, None  # the first spoken segment's, begun early
+            if ahead is None or ahead[0] != index:
+                ahead = (index, self._text_pool.submit(segment_phonemes, voice, segment))
+            phonemes, owners = await asyncio.wrap_future(ahead[1])
             utterances = plan_utterances([phonemes], self._settings.max_sentence_phonemes)
             sliced = utterance_owners(phonemes, owners, utterances)
             # The voice's own rate, the request's speed, then the document's (SSML prosody).

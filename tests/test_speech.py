@@ -30,17 +30,18 @@ def test_a_remembered_resolution_is_the_one_made_afresh_and_follows_a_voice_relo
                 replace(plain, volume=1),  # equal to 1.0, but the key writes it as 1
                 replace(plain, length_scale=1.25, speed="slow"),
             ]
-            for request in requests * 2:
-                remembered = await speech._resolve(request)
+            for repeat, request in enumerate(requests * 2):
+                remembered, anew = await speech._resolve(request)
+                assert anew == (repeat < len(requests))  # a repeat is not resolved again
                 voice = catalog.get(request.voice)
                 assert remembered == await speech._resolve_anew(request, voice)
-            assert len({(await speech._resolve(r)).key for r in requests}) == 3
+            assert len({(await speech._resolve(r))[0].key for r in requests}) == 3
 
             before = catalog.get(plain.voice)
             await asyncio.get_running_loop().run_in_executor(None, catalog.load)  # a reload
             after = catalog.get(plain.voice)
             assert after is not before
-            assert (await speech._resolve(plain)).voice is after
+            assert (await speech._resolve(plain))[0].voice is after
         finally:
             await services.close()
 
