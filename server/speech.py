@@ -706,16 +706,38 @@ class SpeechService:
             )
             return
         await pacer.room()
-        encoded, encode_s = await self._job(
-            flight,
-            pacer,
-            partial(self._encode, voice, length_scale),
-            (ids, speaker_id),
-            ("encode", *scale_key),
-            len(ids),
-            voice.batch_limit,
-            None,
-        )
+        s = self._settings
+        gain = voice.gain * volume
+        # A stream's first audio goes first: see `store_words` below.
+        first_audio = not flight.chunks and not flight.unbounded and not flight.background
+        started: tuple[bytes, float] | None = None  # the first window's PCM, made with the encoder
+        if first_audio and not self._starting_besides(flight):
+            # A lone new stream: the encoder and its first window in one call, which saves a
+            # round trip through the IOLoop between them (0.85 ms of first audio). Streams
+            # starting together keep separate calls, so their encoders can share one.
+            (encoded, encode_s, first, pcm, window_s), _ = await self._job(
+                flight,
+                pacer,
+                partial(self._encode_and_start, flight, voice, length_scale, silence_s, gain),
+                (ids, speaker_id),
+                ("start", *scale_key),
+                len(ids),
+                1,
+                None,
+            )
+            started = (pcm, window_s)
+        else:
+            encoded, encode_s = await self._job(
+                flight,
+                pacer,
+                partial(self._encode, voice, length_scale),
+                (ids, speaker_id),
+                ("encode", *scale_key),
+                len(ids),
+                voice.batch_limit,
+                None,
+            )
+        pacer.encoded(encode_s)
         start_sample = flight.pcm_bytes // 2
         flight.sentences.append(
             SentenceFrames(ids, tuple(int(f) for f in encoded.durations), voice.windows.hop, start_sample)
@@ -725,10 +747,8 @@ class SpeechService:
         # its windows are made. A stream's first audio goes first: its window runs on the same
         # cores as the storing (timings, JSON, the tiers' writes), which delayed it by up to 4 ms.
         store_words = final and flight.timed and flight.plan is not None
-        first_audio = not flight.chunks and not flight.unbounded and not flight.background
         if store_words and not first_audio:
             flight.words_stored = asyncio.ensure_future(self._store_words(flight, flight.plan))
-        s = self._settings
         if flight.unbounded and not flight.background:
             # A file: nobody listens while it is made, so one window is fastest. A job's sentence
             # keeps to windows, so interactive work slots in between them.
@@ -736,34 +756,40 @@ class SpeechService:
         else:
             # A job's sentence has no listener waiting for its first audio: no small first window.
             small = not flight.chunks and not flight.background
-            first = self._first_window(flight, voice, encode_s) if small else s.window_frames
+            if started is None:  # else `first` is the window `_encode_and_start` made
+                first = self._first_window(flight, voice, encode_s) if small else s.window_frames
             bounds = window_bounds(encoded.frames, first, s.window_frames)
         margins = (voice.windows.flow_margin, voice.windows.decoder_margin)
-        for number, (start, end) in enumerate(bounds):
-            window = Window(encoded, start, end)
-            flow_start, flow_end, dec_start, dec_end = window.spans(*margins)
-            part = _Part(
-                ids,
-                speaker_id,
-                fade_in=number == 0,
-                fade_out=number == len(bounds) - 1,
-                silence_s=silence_s if number == len(bounds) - 1 else 0.0,
-                gain=voice.gain * volume,
-                window=window,
-                encode_s=encode_s if number == 0 else 0.0,
-            )
-            await self._job(
-                flight,
-                pacer,
-                partial(self._render_windows, voice),
-                part,
-                ("window", voice.voice_id, flow_end - flow_start, dec_end - dec_start),
-                dec_end - dec_start,
-                voice.batch_limit,
-                end - start,
-            )
+        parts = _window_parts(ids, speaker_id, encoded, bounds, silence_s, gain, encode_s)
+        for number, part in enumerate(parts):
+            assert part.window is not None
+            window = part.window
+            if number == 0 and started is not None:
+                pcm, compute_s = started
+                self._took(flight, pacer, voice.voice_id, pcm, compute_s, window.end - window.start)
+            else:
+                flow_start, flow_end, dec_start, dec_end = window.spans(*margins)
+                await self._job(
+                    flight,
+                    pacer,
+                    partial(self._render_windows, voice),
+                    part,
+                    ("window", voice.voice_id, flow_end - flow_start, dec_end - dec_start),
+                    dec_end - dec_start,
+                    voice.batch_limit,
+                    window.end - window.start,
+                )
             if store_words and flight.words_stored is None:
                 flight.words_stored = asyncio.ensure_future(self._store_words(flight, flight.plan))
+
+    def _starting_besides(self, flight: Flight) -> int:
+        """How many other streams are waiting for their first audio (also asked from an inference
+        thread: `tuple` copies the flights at once, as the IOLoop may add one meanwhile)."""
+        return sum(
+            1
+            for other in tuple(self._flights.values())
+            if other is not flight and not other.chunks and not other.background and not other.finished
+        )
 
     def _first_window(self, flight: Flight, voice: Voice, encode_s: float) -> int:
         """Frames of a stream's first window: small when it starts alone; when other streams are
@@ -773,11 +799,7 @@ class SpeechService:
         s = self._settings
         windows = voice.windows
         per_frame = self._frame_compute_s.get(voice.voice_id) or (windows and windows.frame_compute_s)
-        starting = sum(
-            1
-            for other in self._flights.values()
-            if other is not flight and not other.chunks and not other.background and not other.finished
-        )
+        starting = self._starting_besides(flight)
         if not starting or not per_frame or windows is None:
             return s.first_window_frames
         wait_s = FIRST_WINDOW_SAFETY * (
@@ -810,15 +832,21 @@ class SpeechService:
         finally:
             self._metrics.queue_depth.dec()
         if frames is None:
-            pacer.encoded(compute_s)
             return result, compute_s
-        pacer.played(len(result), compute_s, frames, flight.sample_rate)
-        if key[0] == "window":
-            per_frame = compute_s / max(1, frames)
-            known = self._frame_compute_s.get(key[1], per_frame)
-            self._frame_compute_s[key[1]] = 0.8 * known + 0.2 * per_frame
-        flight.append(result)
+        self._took(flight, pacer, key[1] if key[0] == "window" else None, result, compute_s, frames)
         return result
+
+    def _took(
+        self, flight: Flight, pacer: _Pacer, windowed: str | None, pcm: bytes, compute_s: float, frames: int
+    ) -> None:
+        """A job's audio, into the flight; `windowed`: the voice of a window, whose time per frame
+        sizes later first windows (`_first_window`)."""
+        pacer.played(len(pcm), compute_s, frames, flight.sample_rate)
+        if windowed is not None:
+            per_frame = compute_s / max(1, frames)
+            known = self._frame_compute_s.get(windowed, per_frame)
+            self._frame_compute_s[windowed] = 0.8 * known + 0.2 * per_frame
+        flight.append(pcm)
 
     async def _claim(self, key: str) -> tuple[bytes | None, str | None]:
         """Cross-replica single-flight: (bytes another replica made, None) or (None, our lock token).
@@ -859,6 +887,26 @@ class SpeechService:
         encoded = voice.encode([ids for ids, _ in items], length_scale, [sid for _, sid in items])
         elapsed = time.perf_counter() - started
         return [(e, elapsed) for e in encoded]
+
+    def _encode_and_start(
+        self,
+        flight: Flight,
+        voice: Voice,
+        length_scale: float,
+        silence_s: float,
+        gain: float,
+        items: list[tuple[tuple[int, ...], int | None]],
+    ) -> list[tuple[tuple[Encoded, float, int, bytes, float], float]]:
+        """Blocking, in an inference thread: a stream's first utterance's encoder, then its first
+        window: (encoded, encoder time, the window's frames, its PCM, its time), and the call's
+        time. The window is sized when the encoder is done, for the streams starting by then."""
+        ((ids, speaker_id),) = items
+        ((encoded, encode_s),) = self._encode(voice, length_scale, items)
+        first = self._first_window(flight, voice, encode_s)
+        bounds = window_bounds(encoded.frames, first, self._settings.window_frames)
+        part = _window_parts(ids, speaker_id, encoded, bounds, silence_s, gain, encode_s)[0]
+        ((pcm, window_s),) = self._render_windows(voice, [part])
+        return [((encoded, encode_s, first, pcm, window_s), encode_s + window_s)]
 
     def _render(self, voice: Voice, length_scale: float, parts: list[_Part]) -> list[tuple[bytes, float]]:
         """Blocking, in an inference thread: whole utterances to PCM in one stock-graph call."""
@@ -908,6 +956,33 @@ class SpeechService:
                 flight.task.cancel()
         await asyncio.gather(*(f.task for f in self._flights.values() if f.task), return_exceptions=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _window_parts(
+    ids: tuple[int, ...],
+    speaker_id: int | None,
+    encoded: Encoded,
+    bounds: list[tuple[int, int]],
+    silence_s: float,
+    gain: float,
+    encode_s: float,
+) -> list[_Part]:
+    """An encoded utterance's windows: it fades in at the first and out at the last, after which
+    comes its silence; the encoder's time is counted with the first."""
+    last = len(bounds) - 1
+    return [
+        _Part(
+            ids,
+            speaker_id,
+            fade_in=number == 0,
+            fade_out=number == last,
+            silence_s=silence_s if number == last else 0.0,
+            gain=gain,
+            window=Window(encoded, start, end),
+            encode_s=encode_s if number == 0 else 0.0,
+        )
+        for number, (start, end) in enumerate(bounds)
+    ]
 
 
 def _check_phonemes(voice: Voice, segment: Segment) -> None:

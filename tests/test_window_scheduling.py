@@ -35,7 +35,8 @@ SENTENCE = (
 
 @dataclass(frozen=True)
 class Call:
-    """One inference call: its kind ("encode" or "window"), the streams it served, when it ran."""
+    """One inference call: its kind ("encode", "window", or "start": a lone new stream's encoder
+    and first window), the streams it served, when it ran."""
 
     kind: str
     streams: tuple[int, ...]
@@ -133,6 +134,9 @@ class Harness:
         await self.services.close()
 
 
+ENCODES = ("encode", "start")  # the calls that run a stream's encoder
+
+
 def make_settings(tmp_path: Path, **synthesis: str) -> Settings:
     env = {
         "TTS__STORAGE__DIR": str(tmp_path / "audio"),
@@ -174,10 +178,12 @@ def test_a_new_streams_first_chunk_overtakes_the_sentences_of_three_playing_stre
 
     calls, queued, first_at, concurrency = asyncio.run(scenario())
 
-    encode_queued, _, _, arrival = next(q for q in queued if q[1] == "encode" and q[2] == 3)
-    encode = next(c for c in calls if c.kind == "encode" and 3 in c.streams)
-    first = next(c for c in calls if c.kind == "window" and 3 in c.streams)
-    assert encode_queued < encode.started < first.started < first_at
+    encode_queued, _, _, arrival = next(q for q in queued if q[1] in ENCODES and q[2] == 3)
+    encode = next(c for c in calls if c.kind in ENCODES and 3 in c.streams)
+    first = (
+        encode if encode.kind == "start" else next(c for c in calls if c.kind == "window" and 3 in c.streams)
+    )
+    assert encode_queued < encode.started <= first.started < first_at
     # Once the newcomer's encoder is queued, it waits only for the call already running (one window
     # per inference slot): its jobs carry its arrival as their deadline, so a playing stream's
     # window may go first only if that stream is more urgent still (about to run dry), which on a
@@ -244,3 +250,28 @@ def test_streams_starting_together_get_first_windows_long_enough_to_play_while_t
     # The first of four to start must keep playing while the other three's encoders and first
     # windows run (they go first) and its own second window is made: a small window would run dry.
     assert together[0][1] > small
+
+
+def test_a_stream_starting_alone_gets_its_encoder_and_first_window_in_one_call(tmp_path):
+    async def scenario() -> tuple[list[Call], int, int]:
+        harness = Harness(make_settings(tmp_path))
+        await harness.start()
+        try:
+            chunks = harness.stream(0)
+            _, first = await chunks.__anext__()
+            async for _ in chunks:
+                pass
+            voice = harness.services.catalog.get(harness.settings.synthesis.default_voice)
+            assert voice.windows is not None
+            small = harness.settings.synthesis.first_window_frames * voice.windows.hop * 2  # PCM bytes
+            return harness.scheduler.calls, len(first), small
+        finally:
+            await harness.close()
+
+    calls, first, small = asyncio.run(scenario())
+
+    # One call fewer before its first audio: no trip through the IOLoop between the two.
+    kinds = [call.kind for call in calls if 0 in call.streams]
+    assert kinds[0] == "start"
+    assert set(kinds[1:]) == {"window"}
+    assert first == small  # alone, its first window is the small one
