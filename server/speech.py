@@ -711,14 +711,23 @@ class SpeechService:
         # A stream's first audio goes first: see `store_words` below.
         first_audio = not flight.chunks and not flight.unbounded and not flight.background
         started: tuple[bytes, float] | None = None  # the first window's PCM, made with the encoder
-        if first_audio and not self._starting_besides(flight):
-            # A lone new stream: the encoder and its first window in one call, which saves a
-            # round trip through the IOLoop between them (0.85 ms of first audio). Streams
-            # starting together keep separate calls, so their encoders can share one.
+        # The last utterance is encoded: every word is placed, so its timings can be stored while
+        # its windows are made. A stream's first audio goes first: its window runs on the same
+        # cores as the storing (timings, JSON, the tiers' writes), which delayed it by up to 4 ms.
+        store_words = final and flight.timed and flight.plan is not None
+        # The encoder and the first window in one call where two gain nothing, which saves a
+        # round trip through the IOLoop between them (0.7 to 0.9 ms): a lone new stream's first
+        # utterance, and a file's utterances (one window each) when calls are not batched, but
+        # for the last, whose word timings are stored while its window is made. Streams starting
+        # together keep separate calls, so their encoders can share one.
+        whole = flight.unbounded and not flight.background
+        if (first_audio and not self._starting_besides(flight)) or (
+            whole and voice.batch_limit <= 1 and not store_words
+        ):
             (encoded, encode_s, first, pcm, window_s), _ = await self._job(
                 flight,
                 pacer,
-                partial(self._encode_and_start, flight, voice, length_scale, silence_s, gain),
+                partial(self._encode_and_start, flight, voice, length_scale, silence_s, gain, whole),
                 (ids, speaker_id),
                 ("start", *scale_key),
                 len(ids),
@@ -743,21 +752,18 @@ class SpeechService:
             SentenceFrames(ids, tuple(int(f) for f in encoded.durations), voice.windows.hop, start_sample)
         )
         self._time_words(flight, voice, timing[0], utterance, timing[1])
-        # The last utterance is encoded: every word is placed, so its timings can be stored while
-        # its windows are made. A stream's first audio goes first: its window runs on the same
-        # cores as the storing (timings, JSON, the tiers' writes), which delayed it by up to 4 ms.
-        store_words = final and flight.timed and flight.plan is not None
         if store_words and not first_audio:
             flight.words_stored = asyncio.ensure_future(self._store_words(flight, flight.plan))
-        if flight.unbounded and not flight.background:
+        if started is not None:
+            bounds = window_bounds(encoded.frames, first, s.window_frames)  # its first one made
+        elif whole:
             # A file: nobody listens while it is made, so one window is fastest. A job's sentence
             # keeps to windows, so interactive work slots in between them.
             bounds = [(0, encoded.frames)]
         else:
             # A job's sentence has no listener waiting for its first audio: no small first window.
             small = not flight.chunks and not flight.background
-            if started is None:  # else `first` is the window `_encode_and_start` made
-                first = self._first_window(flight, voice, encode_s) if small else s.window_frames
+            first = self._first_window(flight, voice, encode_s) if small else s.window_frames
             bounds = window_bounds(encoded.frames, first, s.window_frames)
         margins = (voice.windows.flow_margin, voice.windows.decoder_margin)
         parts = _window_parts(ids, speaker_id, encoded, bounds, silence_s, gain, encode_s)
@@ -895,14 +901,16 @@ class SpeechService:
         length_scale: float,
         silence_s: float,
         gain: float,
+        whole: bool,
         items: list[tuple[tuple[int, ...], int | None]],
     ) -> list[tuple[tuple[Encoded, float, int, bytes, float], float]]:
-        """Blocking, in an inference thread: a stream's first utterance's encoder, then its first
-        window: (encoded, encoder time, the window's frames, its PCM, its time), and the call's
-        time. The window is sized when the encoder is done, for the streams starting by then."""
+        """Blocking, in an inference thread: an utterance's encoder, then its first window (all of
+        it when `whole`): (encoded, encoder time, the window's frames, its PCM, its time), and the
+        call's time. A stream's first window is sized when the encoder is done, for the streams
+        starting by then."""
         ((ids, speaker_id),) = items
         ((encoded, encode_s),) = self._encode(voice, length_scale, items)
-        first = self._first_window(flight, voice, encode_s)
+        first = encoded.frames if whole else self._first_window(flight, voice, encode_s)
         bounds = window_bounds(encoded.frames, first, self._settings.window_frames)
         part = _window_parts(ids, speaker_id, encoded, bounds, silence_s, gain, encode_s)[0]
         ((pcm, window_s),) = self._render_windows(voice, [part])

@@ -275,3 +275,26 @@ def test_a_stream_starting_alone_gets_its_encoder_and_first_window_in_one_call(t
     assert kinds[0] == "start"
     assert set(kinds[1:]) == {"window"}
     assert first == small  # alone, its first window is the small one
+
+
+def test_a_files_sentences_get_one_call_each_but_the_last_whose_word_timings_are_stored_meanwhile(tmp_path):
+    async def scenario() -> list[Call]:
+        harness = Harness(make_settings(tmp_path))
+        await harness.start()
+        try:
+            synthesis = harness.settings.synthesis
+            request = parse_speech_request(
+                {"text": f"{SENTENCE.format(n=0)}. {SENTENCE.format(n=1)}."},
+                default_voice=synthesis.default_voice,
+                max_chars=synthesis.max_text_chars,
+            )
+            await harness.services.speech.synthesize(request)
+            return harness.scheduler.calls
+        finally:
+            await harness.close()
+
+    calls = asyncio.run(scenario())
+
+    # A file is one window a sentence (nobody listens while it is made), so the encoder and that
+    # window share a call; the last sentence's window runs while its word timings are stored.
+    assert [call.kind for call in calls] == ["start", "encode", "window"]
