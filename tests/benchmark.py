@@ -9,8 +9,8 @@
   back to back with the floor on the same text; the server's own inference seconds (from its
   metrics) are recorded beside, which separates its overhead from a slower inference;
 - first audio (issue 13): a short, a medium and a long sentence without commas, each first in a
-  stream, against the floor's split parts on the same ids (21 repeats each), and the long one
-  against its one-shot;
+  stream, against the floor's split parts on the same ids (21 repeats each, the two sides taking
+  turns, each after the same pause), and the long one against its one-shot;
 - preemption: a cold stream's first audio while 3 long streams play, against the same alone;
 - engine: windowed against one-shot throughput of the long sentence, in this process;
 - load: 8 cold streams at once (first audio, real-time underrun) with `/healthz` polled
