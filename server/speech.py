@@ -724,7 +724,7 @@ class SpeechService:
         if (first_audio and not self._starting_besides(flight)) or (
             whole and voice.batch_limit <= 1 and not store_words
         ):
-            (encoded, encode_s, first, pcm, window_s), _ = await self._job(
+            (encoded, encode_s, made_parts, pcm, window_s), _ = await self._job(
                 flight,
                 pacer,
                 partial(self._encode_and_start, flight, voice, length_scale, silence_s, gain, whole),
@@ -755,18 +755,18 @@ class SpeechService:
         if store_words and not first_audio:
             flight.words_stored = asyncio.ensure_future(self._store_words(flight, flight.plan))
         if started is not None:
-            bounds = window_bounds(encoded.frames, first, s.window_frames)  # its first one made
-        elif whole:
-            # A file: nobody listens while it is made, so one window is fastest. A job's sentence
-            # keeps to windows, so interactive work slots in between them.
-            bounds = [(0, encoded.frames)]
+            parts = made_parts  # as `_encode_and_start` cut them, the first one made
         else:
-            # A job's sentence has no listener waiting for its first audio: no small first window.
-            small = not flight.chunks and not flight.background
-            first = self._first_window(flight, voice, encode_s) if small else s.window_frames
-            bounds = window_bounds(encoded.frames, first, s.window_frames)
+            if whole:
+                # A file: nobody listens while it is made, so one window is fastest. A job's
+                # sentence keeps to windows, so interactive work slots in between them.
+                bounds = [(0, encoded.frames)]
+            else:
+                # A job's sentence has no listener waiting for its first audio: no small first one.
+                first = self._first_window(flight, voice, encode_s) if first_audio else s.window_frames
+                bounds = window_bounds(encoded.frames, first, s.window_frames)
+            parts = _window_parts(ids, speaker_id, encoded, bounds, silence_s, gain, encode_s)
         margins = (voice.windows.flow_margin, voice.windows.decoder_margin)
-        parts = _window_parts(ids, speaker_id, encoded, bounds, silence_s, gain, encode_s)
         for number, part in enumerate(parts):
             assert part.window is not None
             window = part.window
@@ -903,18 +903,18 @@ class SpeechService:
         gain: float,
         whole: bool,
         items: list[tuple[tuple[int, ...], int | None]],
-    ) -> list[tuple[tuple[Encoded, float, int, bytes, float], float]]:
+    ) -> list[tuple[tuple[Encoded, float, list[_Part], bytes, float], float]]:
         """Blocking, in an inference thread: an utterance's encoder, then its first window (all of
-        it when `whole`): (encoded, encoder time, the window's frames, its PCM, its time), and the
-        call's time. A stream's first window is sized when the encoder is done, for the streams
+        it when `whole`): (encoded, encoder time, all its windows, the first's PCM and time), and
+        the call's time. A stream's first window is sized when the encoder is done, for the streams
         starting by then."""
         ((ids, speaker_id),) = items
         ((encoded, encode_s),) = self._encode(voice, length_scale, items)
         first = encoded.frames if whole else self._first_window(flight, voice, encode_s)
         bounds = window_bounds(encoded.frames, first, self._settings.window_frames)
-        part = _window_parts(ids, speaker_id, encoded, bounds, silence_s, gain, encode_s)[0]
-        ((pcm, window_s),) = self._render_windows(voice, [part])
-        return [((encoded, encode_s, first, pcm, window_s), encode_s + window_s)]
+        parts = _window_parts(ids, speaker_id, encoded, bounds, silence_s, gain, encode_s)
+        ((pcm, window_s),) = self._render_windows(voice, parts[:1])
+        return [((encoded, encode_s, parts, pcm, window_s), encode_s + window_s)]
 
     def _render(self, voice: Voice, length_scale: float, parts: list[_Part]) -> list[tuple[bytes, float]]:
         """Blocking, in an inference thread: whole utterances to PCM in one stock-graph call."""
