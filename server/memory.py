@@ -22,7 +22,7 @@ from typing import Final
 
 IDLE_TRIM_INTERVAL_S: Final = 5.0
 IDLE_TRIM_DELAY_S: Final = 1.0
-MALLOC_ARENAS: Final = 2
+MALLOC_ARENAS: Final = 1
 _M_ARENA_MAX: Final = -8  # mallopt's parameter number (malloc.h)
 
 
@@ -39,7 +39,11 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
     the text thread, the inference and encoder pools each end up with one. Their free space is
     fragmented between live blocks, and `malloc_trim` can give back only whole free pages: a
     worker that had streamed each format once stayed at 331 MiB after the trim, and at 224 to
-    240 MiB with two arenas.
+    240 MiB with two arenas. With two, a new worker also varied from 196 to 215 MiB, by how
+    loading's threads happened to share out the second arena; with one it is 187 to 188 MiB,
+    and 214 after the bench's kinds of engine work (241 with two). Threads that allocate at once
+    then share one lock, but inference's buffers are large and few: streams' first audio and
+    files' times measured the same within noise.
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return
