@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from server.audio.encode import Bitrates, Encoder, encode_file
+from server.audio.encode import Bitrates, Encoder, encode_file, warm_up
 from server.audio.formats import WAV, Rendition, rendition_suffixes
 from server.audio.pcm import duration_s, parse_wav
 from server.cache.keys import is_key
@@ -158,6 +158,11 @@ class Renditions:
             hit = await self._cache.get(stream.key, rendition.suffix)
             stored = None if hit is None else hit.data
         return EncodedStream(self, stream, rendition, stored)
+
+    async def warm_up(self) -> None:
+        """Once, before the worker reports ready: every encoder opened once, in the encoders' pool."""
+        rates = {voice.sample_rate for voice in self._speech.catalog.voices()}
+        await asyncio.get_running_loop().run_in_executor(self._pool, warm_up, rates, self._bitrates)
 
     def _encoder(self, rendition: Rendition, in_rate: int) -> Encoder:
         self._metrics.encodes.labels(rendition.format.name).inc()

@@ -53,7 +53,7 @@ from server.text.markdown import MarkdownRules
 from server.text.normalize import NORMALIZATION_VERSION
 from server.text.plan import FrontEnd, plan_text
 from server.text.sentences import Pauses
-from server.text.spans import Segment, TextPlan
+from server.text.spans import Segment, TextFormat, TextPlan
 from server.text.utterances import Utterance, plan_utterances
 from server.timings import segment_phonemes, utterance_owners, word_timings
 
@@ -77,6 +77,9 @@ RESOLVED_MEMO_CHARS: Final = 1_000_000
 # audio (0.7 ms). Phonemizing stays in the text thread: espeak is not thread-safe, and
 # piper-phonemize lets go of the GIL while it runs, so one thread must do all of it.
 INLINE_TEXT_CHARS: Final = 300
+# What a new worker says to itself before it reports ready: a sentence split, an abbreviation, a
+# sum of money, a date and a time, so the normalizer's rules and num2words run once too.
+WARM_UP_TEXT: Final = "Dr. Smith paid $3.50 on May 12, 2024 at 10:30. Then he left!"
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,22 @@ class SpeechService:
     def loaded(self) -> None:
         """Voice loading ended (ready or not): requests waiting for it go on."""
         self._loaded.set()
+
+    async def warm_up(self) -> None:
+        """Once, before the worker reports ready: plan and phonemize a fixed text for each of the
+        voices' languages, where requests do (planning on the IOLoop, espeak in the text thread).
+
+        A new worker's first stream measured about 40 ms slower to first audio than its next ones:
+        espeak loading the language's dictionary, the first run of the sentence splitter and the
+        normalizer (the first plan alone takes 8 ms, later ones about 1).
+        """
+        loop = asyncio.get_running_loop()
+        by_language = {voice.espeak_voice: voice for voice in self.catalog.voices()}
+        for voice in by_language.values():
+            plan = plan_text(WARM_UP_TEXT, TextFormat.PLAIN, voice.espeak_voice, self._front)
+            for segment in plan.segments:
+                if segment.runs:
+                    await loop.run_in_executor(self._text_pool, segment_phonemes, voice, segment)
 
     async def _until_ready(self) -> None:
         # A worker that gunicorn just (re)started shares the listening socket with ready ones,

@@ -12,6 +12,7 @@ import time
 import wave
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -413,6 +414,18 @@ def test_readyz_is_503_loading_until_the_voices_are_loaded(make_server):
     assert seen[0] == (503, "loading")
     assert seen[-1] == (200, "ready")
     assert set(seen) == {(503, "loading"), (200, "ready")}
+
+
+def test_a_worker_is_ready_only_once_it_has_run_the_text_front_end_and_every_encoder(make_server):
+    # Otherwise its first compressed stream pays for loading FFmpeg and opening the codec (about
+    # 100 ms more to first audio) and its first text for espeak's dictionary.
+    server = make_server()  # fresh: nobody has asked it for anything yet
+    assert server.get("/readyz").json()["status"] == "ready"
+    assert server.proc is not None
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    for library in ("libavcodec", "libmp3lame", "libopus"):
+        assert library in maps
+    assert "warmed up in" in server.logs()
 
 
 def first_answer(server: ServerProcess, path: str) -> Response:

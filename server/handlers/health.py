@@ -37,7 +37,7 @@ class ReadyHandler(BaseHandler):
             status = "draining"
         elif catalog.ready and services.ready:
             status = "ready"
-        elif catalog.problem or catalog.ready:
+        elif catalog.problem or (catalog.ready and services.warmed):
             status = "unready"  # voices ready, but the object store has not answered yet
         else:
             status = "loading"

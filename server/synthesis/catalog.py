@@ -140,6 +140,9 @@ class VoiceCatalog:
             raise UnknownVoice(f"unknown voice {voice_id!r}; available: {', '.join(self._voices)}")
         return voice
 
+    def voices(self) -> list[Voice]:
+        return list(self._voices.values())
+
     def infos(self) -> list[VoiceInfo]:
         return [
             VoiceInfo(
