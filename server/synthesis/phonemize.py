@@ -25,8 +25,9 @@ def phonemize(text: str, phoneme_type: str, espeak_voice: str) -> list[list[str]
         with _ESPEAK_LOCK:
             return phonemize_codepoints(text)
     sentences: list[list[str]] = []
-    # espeak holds the GIL for the whole call (about 5 ms per 1,000 characters), which would
-    # stall the IOLoop thread; pieces of a few sentences let it run in between.
+    # A call takes about 5 ms per 1,000 characters under the espeak lock (piper-phonemize lets
+    # go of the GIL meanwhile, so only other phonemizing waits): pieces of a few sentences let a
+    # new stream's first sentence in between the pieces of a job's long document.
     for piece in _pieces(text, PHONEMIZE_PIECE_CHARS):
         with _ESPEAK_LOCK:
             sentences.extend(s for s in phonemize_espeak(piece, espeak_voice) if s)
