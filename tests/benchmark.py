@@ -1731,9 +1731,20 @@ def main() -> None:
     elif args.mode == "throughput":
         run_throughput(args.streams, args.batch)
     elif args.mode == "engine":
+        limit_malloc_arenas()
         run_engine(args.times)
     else:
+        limit_malloc_arenas()
         asyncio.run(run(args))
+
+
+def limit_malloc_arenas() -> None:
+    """The floor's onnxruntime under the server's malloc settings too (one arena, set before any
+    thread starts), as it already has the server's session options: the same engine, minus the
+    server."""
+    from server.memory import limit_malloc_arenas as limit
+
+    limit()
 
 
 if __name__ == "__main__":
