@@ -4,7 +4,7 @@
 `python -m server` processes on free ports with fresh storage, then measures:
 
 - the floor: onnxruntime alone (this process, the server idle) on the chunks the server would
-  synthesize for the same text, with the server's intra-op thread count;
+  synthesize for the same text, with the server's intra-op thread count and malloc setting;
 - misses: `/tts` and `/tts/stream` on texts nobody asked for before (a nonce in each), each
   back to back with the floor on the same text; the server's own inference seconds (from its
   metrics) are recorded beside, which separates its overhead from a slower inference;
