@@ -575,7 +575,12 @@ def test_a_peer_outside_allowed_networks_is_disconnected_at_once(tight):
         try:
             with contextlib.suppress(ConnectionError):
                 await async_write_event(Describe().event(), writer)
-            return await asyncio.wait_for(reader.read(), READ_TIMEOUT_S)
+            try:
+                return await asyncio.wait_for(reader.read(), READ_TIMEOUT_S)
+            except ConnectionResetError:
+                # Closed with our event still unread, so the kernel resets the connection
+                # instead of ending it: as much a disconnection, with nothing sent.
+                return b""
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
