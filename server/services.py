@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Final
 
 from loguru import logger
 
@@ -33,6 +34,32 @@ from server.settings import Settings
 from server.speech import SpeechService
 from server.synthesis.catalog import VoiceCatalog
 from server.synthesis.scheduler import Scheduler
+
+# How long closing waits for the background tasks to end, cancelling again meanwhile.
+CLOSE_WAIT_S: Final = 2.0
+CANCEL_AGAIN_S: Final = 0.1
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[None]], wait_s: float = CLOSE_WAIT_S) -> None:
+    """Cancel `tasks` and wait for them to end, cancelling again any that carry on.
+
+    redis-py sometimes swallows a cancellation that lands mid-command (see cache/redis.py), and a
+    loop that lost its cancellation goes on: the invalidation subscriber, for one, calls redis-py
+    directly. One cancel and an unbounded wait could then hold a SIGTERM's shutdown for ever; a
+    task still running after `wait_s` is left behind (logged), as the process is ending anyway.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(CANCEL_AGAIN_S, deadline - loop.time()))
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            logger.warning("background task {} ended with {!r}", task.get_name(), task.exception())
+    if pending:
+        logger.warning("{} background tasks did not end within {}s of closing", len(pending), wait_s)
 
 
 @dataclass
@@ -218,11 +245,7 @@ class Services:
             await asyncio.sleep(interval)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         if self.jobs is not None:
             await self.jobs.close()
         await self.renditions.close()

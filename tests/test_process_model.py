@@ -7,6 +7,7 @@ alone (`terminate_master`), never the process group as a terminal's Ctrl-C would
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -313,3 +314,64 @@ def test_importing_the_worker_module_starts_no_thread():
     code = "import os, server.worker; print(len(os.listdir('/proc/self/task')))"
     result = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, timeout=60, check=True)
     assert result.stdout == b"1\n"
+
+
+def test_closing_cancels_again_a_background_task_that_swallowed_its_cancellation():
+    # redis-py sometimes swallows a cancellation that lands mid-command; a loop around it then
+    # carries on, and a SIGTERM's shutdown must not wait for it for ever.
+    from server.services import cancel_and_wait
+
+    cancels: list[str] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                cancels.append("cancel")
+                if len(cancels) == 1:
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    continue  # swallowed, as redis-py can
+                raise
+
+    async def scenario() -> float:
+        task = asyncio.ensure_future(stubborn())
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        await cancel_and_wait([task], wait_s=5)
+        assert task.cancelled()
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 1
+    assert cancels == ["cancel", "cancel"]
+
+
+def test_closing_gives_up_on_a_task_that_never_ends_once_its_time_is_over():
+    from server.services import cancel_and_wait
+
+    deaf = True
+
+    async def deaf_to_cancels() -> None:
+        while True:
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                if not deaf:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    async def scenario() -> float:
+        nonlocal deaf
+        task = asyncio.ensure_future(deaf_to_cancels())
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        await cancel_and_wait([task], wait_s=0.3)
+        elapsed = time.monotonic() - started
+        assert not task.done()  # left behind, as the process is ending anyway
+        deaf = False  # so that this test's own loop can end
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return elapsed
+
+    assert 0.25 < asyncio.run(scenario()) < 1

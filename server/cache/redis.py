@@ -264,6 +264,9 @@ class RedisCache:
                 try:
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise asyncio.CancelledError  # redis-py swallowed it (see _call)
                         if message is not None and message.get("type") == "message":
                             data = message["data"]
                             yield data.decode() if isinstance(data, bytes) else str(data)
