@@ -166,9 +166,8 @@ class Services:
         self._tasks.append(asyncio.ensure_future(self._probe_periodically()))
         if self.cache.store is not None:
             self._tasks.append(asyncio.ensure_future(self._check_store()))
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self.catalog.load)
+            await asyncio.get_running_loop().run_in_executor(None, self.catalog.load)
         except Exception as exc:
             self.catalog.problem = f"voice loading failed: {exc}"
             logger.exception("voice loading failed")

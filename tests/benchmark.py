@@ -1730,21 +1730,16 @@ def main() -> None:
         run_bare_tornado(args)
     elif args.mode == "throughput":
         run_throughput(args.streams, args.batch)
-    elif args.mode == "engine":
-        limit_malloc_arenas()
-        run_engine(args.times)
     else:
+        # The floor's onnxruntime under the server's malloc setting too (one arena, set before any
+        # thread starts), as it already has the server's session options.
+        from server.memory import limit_malloc_arenas
+
         limit_malloc_arenas()
-        asyncio.run(run(args))
-
-
-def limit_malloc_arenas() -> None:
-    """The floor's onnxruntime under the server's malloc settings too (one arena, set before any
-    thread starts), as it already has the server's session options: the same engine, minus the
-    server."""
-    from server.memory import limit_malloc_arenas as limit
-
-    limit()
+        if args.mode == "engine":
+            run_engine(args.times)
+        else:
+            asyncio.run(run(args))
 
 
 if __name__ == "__main__":
